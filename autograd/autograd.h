@@ -1,0 +1,275 @@
+/* autograd — tensors, arenas, the reverse-mode tape and the ops built on them.
+ *
+ * The whole public API of the module is in this header.
+ *
+ * Memory: every tensor lives in a pool with a clear lifetime. A context owns two
+ * pools: PERSIST (weights, trainable parameters and their gradients; freed with the
+ * context) and STEP (activations, their gradients, the tape; reset by
+ * qt_ctx_step_reset once per step). Each pool is an arena with a hard byte budget
+ * on the context's device plus a host arena for tensor headers.
+ *
+ * Backends: every op has a plain-C CPU reference that computes in double
+ * (readable; F64 tensors make finite-difference checks exact enough) and a CUDA
+ * implementation for F32/BF16 (F16 where noted) that accumulates in float. */
+#ifndef QT_AUTOGRAD_H
+#define QT_AUTOGRAD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ checks */
+
+/* Internal invariants: print file:line, the failing expression and a message, then abort.
+ * User-facing input errors are reported by the parsers themselves, never through this. */
+#define QT_CHECK(cond, ...)                                                    \
+    do {                                                                       \
+        if (!(cond)) qt_fail(__FILE__, __LINE__, #cond, __VA_ARGS__);          \
+    } while (0)
+#define QT_ASSERT(cond) QT_CHECK(cond, "%s", "assertion failed")
+
+__attribute__((noreturn)) void qt_fail(const char *file, int line, const char *expr, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Fatal resource error (out of budget, no device): message and exit(1), no core dump. */
+__attribute__((noreturn)) void qt_die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ------------------------------------------------------------------ dtypes */
+
+typedef enum { QT_F32 = 0, QT_BF16, QT_F16, QT_F64, QT_I32, QT_U8, QT_NDTYPES } qt_dtype;
+typedef enum { QT_CPU = 0, QT_CUDA } qt_device;
+
+size_t qt_dtype_size(qt_dtype dt);
+const char *qt_dtype_name(qt_dtype dt);
+const char *qt_device_name(qt_device dev);
+bool qt_dtype_is_float(qt_dtype dt);
+
+uint16_t qt_f32_to_bf16(float f); /* round to nearest even; NaN stays NaN */
+float qt_bf16_to_f32(uint16_t h);
+uint16_t qt_f32_to_f16(float f);
+float qt_f16_to_f32(uint16_t h);
+
+/* ------------------------------------------------------------------ arenas */
+
+/* A bump allocator over one reservation of `budget` bytes (mmap on the host,
+ * one cudaMalloc on the device). Allocations are 256-byte aligned; freeing is by
+ * resetting to a mark. `peak` is the high-water mark of `used`. */
+typedef struct qt_arena {
+    char name[32];
+    qt_device dev;
+    uint8_t *base;
+    size_t cap, used, peak;
+} qt_arena;
+
+/* Returns 0, or -1 after printing why (e.g. the device has less free memory). */
+int qt_arena_init(qt_arena *a, const char *name, qt_device dev, size_t budget);
+void qt_arena_free(qt_arena *a);
+/* NULL when the budget would be exceeded (nothing is allocated then). */
+void *qt_arena_try_alloc(qt_arena *a, size_t bytes);
+/* Like try_alloc, but exits with a message naming the arena, request and budget. */
+void *qt_arena_alloc(qt_arena *a, size_t bytes);
+static inline size_t qt_arena_mark(const qt_arena *a) { return a->used; }
+void qt_arena_reset(qt_arena *a, size_t mark);
+/* Fill the unused part with 0xFF bytes (NaN for every float dtype): tests use it to
+ * catch kernels that leave output elements unwritten. */
+void qt_arena_poison(qt_arena *a);
+
+/* ------------------------------------------------------------------ random */
+
+/* xoshiro256** — small, fast, and its whole state can be saved in a checkpoint. */
+typedef struct qt_rng { uint64_t s[4]; } qt_rng;
+void qt_rng_seed(qt_rng *r, uint64_t seed);
+uint64_t qt_rng_next(qt_rng *r);
+double qt_rng_uniform(qt_rng *r); /* [0, 1) */
+double qt_rng_normal(qt_rng *r);  /* standard normal (Box–Muller) */
+
+/* ------------------------------------------------------------------ tensors */
+
+#define QT_MAX_DIMS 4
+
+typedef enum { QT_PERSIST = 0, QT_STEP = 1 } qt_pool;
+
+typedef struct qt_tensor {
+    qt_dtype dtype;
+    qt_device dev;
+    qt_pool pool;
+    int ndim;
+    int64_t shape[QT_MAX_DIMS];
+    int64_t stride[QT_MAX_DIMS]; /* in elements; ops require contiguous tensors */
+    int64_t numel;
+    void *data;
+    struct qt_tensor *grad;  /* same shape, dtype and device; NULL until needed */
+    bool requires_grad;      /* false for frozen tensors: they never get a grad */
+    char name[48];
+} qt_tensor;
+
+typedef struct qt_ctx qt_ctx;
+
+/* Uninitialised tensor of the context's device. */
+qt_tensor *qt_empty(qt_ctx *c, qt_pool pool, qt_dtype dt, int ndim, const int64_t *shape);
+qt_tensor *qt_zeros(qt_ctx *c, qt_pool pool, qt_dtype dt, int ndim, const int64_t *shape);
+/* Trainable parameter (requires_grad, gradient in PERSIST, zeroed) or frozen weight. */
+qt_tensor *qt_param(qt_ctx *c, const char *name, qt_dtype dt, int ndim, const int64_t *shape,
+                    bool trainable);
+/* A new tensor header sharing t's data with another shape of the same numel. No grad link:
+ * use only on tensors that do not need gradients, or before they enter the tape. */
+qt_tensor *qt_reshape_nograd(qt_ctx *c, qt_tensor *t, int ndim, const int64_t *shape);
+
+bool qt_is_contiguous(const qt_tensor *t);
+bool qt_same_shape(const qt_tensor *a, const qt_tensor *b);
+void qt_set_name(qt_tensor *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+size_t qt_nbytes(const qt_tensor *t);
+/* "name f32[2,3] cuda" into buf; returns buf. */
+const char *qt_describe(const qt_tensor *t, char *buf, size_t n);
+
+/* Host <-> tensor copies with dtype conversion (float dtypes convert among themselves;
+ * integer dtypes must match). Work for either device. */
+void qt_upload(qt_tensor *t, const void *src, qt_dtype src_dtype);
+void qt_download(const qt_tensor *t, void *dst, qt_dtype dst_dtype);
+void qt_copy(qt_tensor *dst, const qt_tensor *src); /* same numel; any devices; float dtypes convert */
+void qt_fill_zero(qt_tensor *t);
+void qt_fill_uniform(qt_tensor *t, qt_rng *r, double lo, double hi);
+void qt_fill_normal(qt_tensor *t, qt_rng *r, double mean, double std);
+
+/* ------------------------------------------------------------------ context & tape */
+
+typedef struct qt_node qt_node;
+typedef void (*qt_backward_fn)(qt_ctx *c, qt_node *n);
+
+#define QT_MAX_IN 4
+#define QT_MAX_SAVED 3
+
+/* One recorded op. Backward reads out->grad and accumulates into in[i]->grad for
+ * every input with requires_grad (use qt_grad to get or create that buffer). */
+struct qt_node {
+    const char *op;
+    qt_backward_fn backward;
+    qt_tensor *out;
+    qt_tensor *in[QT_MAX_IN];
+    int n_in;
+    qt_tensor *saved[QT_MAX_SAVED]; /* STEP tensors the forward kept for backward */
+    int64_t i[8];                   /* op parameters */
+    double f[4];
+    void *ext;                      /* op-specific struct, allocated with qt_step_host_alloc */
+};
+
+typedef struct qt_ctx_opts {
+    qt_device dev;
+    size_t persist_budget; /* device bytes for PERSIST tensors */
+    size_t step_budget;    /* device bytes for STEP tensors */
+    size_t scratch_budget; /* host bytes for CPU-reference scratch (0 = 256 MiB) */
+    int cuda_device;       /* ordinal when dev == QT_CUDA */
+    bool tf32;             /* allow TF32 in F32 matmuls on the GPU (off: exact F32) */
+} qt_ctx_opts;
+
+struct qt_ctx {
+    qt_device dev;
+    qt_arena data[2];     /* tensor data per pool, on dev */
+    qt_arena meta[2];     /* tensor headers and op structs per pool, host */
+    qt_arena scratch;     /* host scratch for CPU kernels */
+    qt_node *tape;
+    int tape_len, tape_cap;
+    bool grad_enabled;    /* false: ops record nothing (inference, finite differences) */
+    bool tf32;
+    void *cuda;           /* backend state (stream, cuBLAS handles); NULL on CPU */
+};
+
+/* Returns 0, or -1 after printing why. */
+int qt_ctx_init(qt_ctx *c, const qt_ctx_opts *o);
+void qt_ctx_free(qt_ctx *c);
+/* Drop the tape and every STEP tensor. */
+void qt_ctx_step_reset(qt_ctx *c);
+/* Wait for queued device work (no-op on CPU). */
+void qt_ctx_sync(qt_ctx *c);
+void *qt_step_host_alloc(qt_ctx *c, size_t bytes);
+
+/* Record an op if grad is enabled and any input requires grad; then out->requires_grad
+ * is set. Returns the node (to fill saved/i/f/ext) or NULL when nothing was recorded. */
+qt_node *qt_record(qt_ctx *c, const char *op, qt_backward_fn bw, qt_tensor *out, int n_in,
+                   qt_tensor *const *in);
+/* Gradient buffer of t, created zeroed (in t's pool) on first use. */
+qt_tensor *qt_grad(qt_ctx *c, qt_tensor *t);
+/* Walk the tape backwards from `out`. seed: d(objective)/d(out), same shape as out;
+ * NULL means out is a scalar and the seed is 1. Gradients accumulate. */
+void qt_backward(qt_ctx *c, qt_tensor *out, const qt_tensor *seed);
+/* Zero the gradients of the given parameters (before a new accumulation window). */
+void qt_zero_grads(qt_ctx *c, qt_tensor *const *params, int n);
+
+/* ------------------------------------------------------------------ CPU reference helpers */
+
+/* CPU kernels compute in double. load returns t's values as doubles (t->data itself for
+ * F64, else a scratch copy); store/accum write doubles back converting to t's dtype.
+ * Scratch is released with qt_scratch_reset(c, mark). */
+double *qt_cpu_load(qt_ctx *c, const qt_tensor *t);
+double *qt_cpu_scratch(qt_ctx *c, int64_t n); /* zeroed */
+void qt_cpu_store(const qt_tensor *t, const double *v);
+void qt_cpu_accum(const qt_tensor *t, const double *v); /* t += v */
+static inline size_t qt_scratch_mark(qt_ctx *c) { return qt_arena_mark(&c->scratch); }
+static inline void qt_scratch_reset(qt_ctx *c, size_t m) { qt_arena_reset(&c->scratch, m); }
+
+/* ------------------------------------------------------------------ CUDA */
+
+/* True when built with CUDA and a device is present. */
+bool qt_cuda_available(void);
+/* Device name and memory in one line, for logs. */
+void qt_cuda_describe(char *buf, size_t n);
+/* Current and peak bytes of device memory in use, as cudaMemGetInfo sees the whole device. */
+size_t qt_cuda_mem_used(void);
+
+/* ------------------------------------------------------------------ ops
+ * Every op returns a new STEP tensor on the inputs' device and records itself.
+ * Shapes use the "flattened rows" convention: activations are [rows, features]. */
+
+/* y = a + b (same shape) */
+qt_tensor *qt_add(qt_ctx *c, qt_tensor *a, qt_tensor *b);
+/* y = s * a */
+qt_tensor *qt_scale(qt_ctx *c, qt_tensor *a, double s);
+/* y = a converted to dtype dt (gradient converts back) */
+qt_tensor *qt_cast(qt_ctx *c, qt_tensor *a, qt_dtype dt);
+
+/* y[M,N] = op(a) · op(b); a is [M,K] (or [K,M] if ta), b is [K,N] (or [N,K] if tb).
+ * Linear layers: qt_matmul(c, x, W, false, true) with W [out, in].
+ * BF16/F16 inputs accumulate in F32 and write the input dtype. */
+qt_tensor *qt_matmul(qt_ctx *c, qt_tensor *a, qt_tensor *b, bool ta, bool tb);
+
+/* y[n,:] = table[ids[n], :]; ids I32 [N], table [V, H]. Out-of-range ids abort. */
+qt_tensor *qt_embedding(qt_ctx *c, qt_tensor *table, qt_tensor *ids);
+
+/* y = x / sqrt(mean(x^2) + eps) * w; x [N, H], w [H]. Statistics in float (HF computes the
+ * norm in float32 and casts back before multiplying by w: we do the same). */
+qt_tensor *qt_rmsnorm(qt_ctx *c, qt_tensor *x, qt_tensor *w, double eps);
+
+/* RoPE, HF rotate-half convention, on x [B*T, nh*hd] laid out [B, T, nh, hd].
+ * Position of row (b, t) is pos0 + t. inv_freq has hd/2 entries (qt_rope_inv_freq). */
+typedef struct qt_rope {
+    int head_dim;
+    double theta;
+    /* scaling: 0 none, 1 linear, 2 llama3 */
+    int scaling;
+    double factor, low_freq_factor, high_freq_factor;
+    int original_max_pos;
+} qt_rope;
+void qt_rope_inv_freq(const qt_rope *r, float *inv_freq /* [hd/2] */);
+qt_tensor *qt_rope_apply(qt_ctx *c, qt_tensor *x, const qt_rope *r, int B, int T, int nh,
+                         int pos0);
+
+/* y = silu(gate) * up; same shapes */
+qt_tensor *qt_swiglu(qt_ctx *c, qt_tensor *gate, qt_tensor *up);
+
+/* Causal grouped-query attention. q [B*T, nh*hd], k and v [B*T, nkv*hd] (rows are
+ * (b, t), columns (head, dim)); nh % nkv == 0; query head h reads KV head h/(nh/nkv).
+ * Scale 1/sqrt(hd). Out [B*T, nh*hd]. */
+qt_tensor *qt_attention(qt_ctx *c, qt_tensor *q, qt_tensor *k, qt_tensor *v, int B, int T,
+                        int nh, int nkv, int hd);
+
+/* Mean softmax cross-entropy over rows whose target != ignore_index. logits [N, V] float,
+ * targets I32 [N]. Returns an F32 scalar [1]; 0 when every row is ignored. */
+qt_tensor *qt_cross_entropy(qt_ctx *c, qt_tensor *logits, qt_tensor *targets, int ignore_index);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,33 @@
+/* CPU-only build: the CUDA backend entry points report that CUDA is absent. */
+#include <stdio.h>
+#include <string.h>
+
+#include "backend.h"
+
+bool qt_cuda_available(void) { return false; }
+void qt_cuda_describe(char *buf, size_t n) { snprintf(buf, n, "built without CUDA"); }
+size_t qt_cuda_mem_used(void) { return 0; }
+
+int qt_be_malloc(void **p, size_t bytes, int ordinal) {
+    (void)ordinal;
+    *p = NULL;
+    fprintf(stderr, "qtrain: cannot allocate %zu bytes on the GPU: this build has no CUDA "
+                    "(rebuild with -DQTRAIN_CUDA=ON)\n", bytes);
+    return -1;
+}
+void qt_be_free(void *p) { (void)p; }
+void qt_be_memcpy(void *dst, qt_device dd, const void *src, qt_device sd, size_t bytes) {
+    QT_CHECK(dd == QT_CPU && sd == QT_CPU, "GPU copy in a build without CUDA");
+    memcpy(dst, src, bytes);
+}
+void qt_be_memset(void *p, int byte, size_t bytes) {
+    (void)p; (void)byte; (void)bytes;
+    QT_CHECK(0, "%s", "GPU memset in a build without CUDA");
+}
+int qt_be_ctx_init(qt_ctx *c, const qt_ctx_opts *o) {
+    (void)c; (void)o;
+    fprintf(stderr, "qtrain: device 'cuda' asked for, but this build has no CUDA (rebuild with -DQTRAIN_CUDA=ON)\n");
+    return -1;
+}
+void qt_be_ctx_free(qt_ctx *c) { (void)c; }
+void qt_be_sync(qt_ctx *c) { (void)c; }

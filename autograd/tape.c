@@ -1,0 +1,112 @@
+/* The context (pools, backend) and the reverse-mode tape. */
+#include "autograd.h"
+#include "backend.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define META_BUDGET ((size_t)256 << 20) /* tensor headers and op structs, per pool */
+
+int qt_ctx_init(qt_ctx *c, const qt_ctx_opts *o) {
+    memset(c, 0, sizeof *c);
+    c->dev = o->dev;
+    c->grad_enabled = true;
+    c->tf32 = o->tf32;
+    if (o->dev == QT_CUDA && qt_be_ctx_init(c, o) != 0) return -1;
+    size_t scratch = o->scratch_budget ? o->scratch_budget : ((size_t)256 << 20);
+    if (qt_arena_init(&c->data[QT_PERSIST], "persist", o->dev, o->persist_budget) ||
+        qt_arena_init(&c->data[QT_STEP], "step", o->dev, o->step_budget) ||
+        qt_arena_init(&c->meta[QT_PERSIST], "persist-headers", QT_CPU, META_BUDGET) ||
+        qt_arena_init(&c->meta[QT_STEP], "step-headers", QT_CPU, META_BUDGET) ||
+        qt_arena_init(&c->scratch, "cpu-scratch", QT_CPU, scratch)) {
+        qt_ctx_free(c);
+        return -1;
+    }
+    return 0;
+}
+
+void qt_ctx_free(qt_ctx *c) {
+    for (int p = 0; p < 2; p++) {
+        qt_arena_free(&c->data[p]);
+        qt_arena_free(&c->meta[p]);
+    }
+    qt_arena_free(&c->scratch);
+    free(c->tape);
+    if (c->cuda) qt_be_ctx_free(c);
+    memset(c, 0, sizeof *c);
+}
+
+void qt_ctx_step_reset(qt_ctx *c) {
+    c->tape_len = 0;
+    qt_arena_reset(&c->data[QT_STEP], 0);
+    qt_arena_reset(&c->meta[QT_STEP], 0);
+    qt_arena_reset(&c->scratch, 0);
+}
+
+void qt_ctx_sync(qt_ctx *c) {
+    if (c->dev == QT_CUDA) qt_be_sync(c);
+}
+
+void *qt_step_host_alloc(qt_ctx *c, size_t bytes) { return qt_arena_alloc(&c->meta[QT_STEP], bytes); }
+
+qt_node *qt_record(qt_ctx *c, const char *op, qt_backward_fn bw, qt_tensor *out, int n_in,
+                   qt_tensor *const *in) {
+    QT_CHECK(n_in >= 1 && n_in <= QT_MAX_IN, "op %s: %d inputs", op, n_in);
+    bool any = false;
+    for (int i = 0; i < n_in; i++) any |= in[i] && in[i]->requires_grad;
+    if (!c->grad_enabled || !any) return NULL;
+    if (c->tape_len == c->tape_cap) {
+        int cap = c->tape_cap ? 2 * c->tape_cap : 256;
+        qt_node *t = realloc(c->tape, (size_t)cap * sizeof *t);
+        QT_CHECK(t, "out of host memory growing the tape to %d nodes", cap);
+        c->tape = t;
+        c->tape_cap = cap;
+    }
+    qt_node *n = &c->tape[c->tape_len++];
+    memset(n, 0, sizeof *n);
+    n->op = op;
+    n->backward = bw;
+    n->out = out;
+    n->n_in = n_in;
+    for (int i = 0; i < n_in; i++) n->in[i] = in[i];
+    out->requires_grad = true;
+    return n;
+}
+
+qt_tensor *qt_grad(qt_ctx *c, qt_tensor *t) {
+    if (!t->grad) {
+        QT_CHECK(t->requires_grad, "gradient asked of frozen tensor '%s'", t->name);
+        t->grad = qt_zeros(c, t->pool, t->dtype, t->ndim, t->shape);
+        qt_set_name(t->grad, "%.40s.grad", t->name);
+    }
+    return t->grad;
+}
+
+void qt_backward(qt_ctx *c, qt_tensor *out, const qt_tensor *seed) {
+    QT_CHECK(out->requires_grad, "backward from '%s', which does not depend on any trainable tensor",
+             out->name);
+    qt_tensor *g = qt_grad(c, out);
+    if (seed) {
+        QT_CHECK(qt_same_shape(seed, out), "seed shape differs from output");
+        qt_copy(g, seed);
+    } else {
+        QT_CHECK(out->numel == 1, "backward without a seed needs a scalar, got %lld elements",
+                 (long long)out->numel);
+        double one = 1.0;
+        qt_upload(g, &one, QT_F64);
+    }
+    bool was = c->grad_enabled;
+    c->grad_enabled = false; /* backward kernels must not record */
+    for (int i = c->tape_len - 1; i >= 0; i--) {
+        qt_node *n = &c->tape[i];
+        if (n->out->grad) n->backward(c, n);
+    }
+    c->grad_enabled = was;
+}
+
+void qt_zero_grads(qt_ctx *c, qt_tensor *const *params, int n) {
+    (void)c;
+    for (int i = 0; i < n; i++)
+        if (params[i]->grad) qt_fill_zero(params[i]->grad);
+}
