@@ -37,6 +37,12 @@ __attribute__((noreturn)) void qt_fail(const char *file, int line, const char *e
 /* Fatal resource error (out of budget, no device): message and exit(1), no core dump. */
 __attribute__((noreturn)) void qt_die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* User-facing errors (bad files, configs, arguments): functions return -1 and fill a
+ * qt_err with one line saying what is wrong, where (file, key, offset, line) and how to
+ * fix it. qt_errf formats into it and returns -1, so `return qt_errf(e, ...);` works. */
+typedef struct qt_err { char msg[1024]; } qt_err;
+int qt_errf(qt_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* ------------------------------------------------------------------ dtypes */
 
 typedef enum { QT_F32 = 0, QT_BF16, QT_F16, QT_F64, QT_I32, QT_U8, QT_NDTYPES } qt_dtype;

@@ -27,6 +27,15 @@ void qt_die(const char *fmt, ...) {
     exit(1);
 }
 
+int qt_errf(qt_err *e, const char *fmt, ...) {
+    if (!e) return -1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
 static const struct { const char *name; size_t size; bool is_float; } dtypes[QT_NDTYPES] = {
     [QT_F32] = {"f32", 4, true},  [QT_BF16] = {"bf16", 2, true}, [QT_F16] = {"f16", 2, true},
     [QT_F64] = {"f64", 8, true},  [QT_I32] = {"i32", 4, false},  [QT_U8] = {"u8", 1, false},

@@ -1,0 +1,31 @@
+/* CUDA side of qt_attention (attention.cu), called from attention.c through QT_CUDA_CALL.
+ *
+ * Layout everywhere: q/out [B*T, nh*hd], k/v [B*T, nkv*hd], rows (b, t), columns (head, dim).
+ * lse and dsum are F32 [B, nh, T]: the per-row log-sum-exp of the scaled scores, and
+ * D = rowsum(dO * O) for backward. Kernels need hd <= QT_ATTN_MAX_HD. */
+#ifndef QT_OPS_ATTENTION_H
+#define QT_OPS_ATTENTION_H
+
+#include "ops_internal.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QT_ATTN_MAX_HD 256
+
+/* out, lse = causal softmax(q k^T * scale) v; out has q's dtype. */
+void qt_cuda_attention_fwd(qt_ctx *c, qt_tensor *out, qt_tensor *lse, const qt_tensor *q,
+                           const qt_tensor *k, const qt_tensor *v, int B, int T, int nh, int nkv,
+                           int hd);
+/* dq/dk/dv += gradients (each may be NULL: not needed). dout is out's gradient; dsum is
+ * F32 [B, nh, T] scratch the launcher fills with D before the gradient kernels read it. */
+void qt_cuda_attention_bwd(qt_ctx *c, const qt_tensor *dout, const qt_tensor *out,
+                           const qt_tensor *lse, qt_tensor *dsum, const qt_tensor *q,
+                           const qt_tensor *k, const qt_tensor *v, qt_tensor *dq, qt_tensor *dk,
+                           qt_tensor *dv, int B, int T, int nh, int nkv, int hd);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The README's first command: install dependencies, build, run the example.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/install-deps.sh
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release ${QTRAIN_CMAKE_ARGS:-} >/dev/null
+cmake --build build -j"$(nproc 2>/dev/null || echo 2)"
+./build/bin/qtrain --devices
