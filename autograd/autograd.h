@@ -201,6 +201,14 @@ qt_tensor *qt_grad(qt_ctx *c, qt_tensor *t);
 /* Walk the tape backwards from `out`. seed: d(objective)/d(out), same shape as out;
  * NULL means out is a scalar and the seed is 1. Gradients accumulate. */
 void qt_backward(qt_ctx *c, qt_tensor *out, const qt_tensor *seed);
+/* Gradient checkpointing: y = fn(x) is computed without recording its inner ops; only x is
+ * kept. In backward, fn is run again with recording on, its own nodes are walked
+ * backwards at once, and the STEP memory of that recomputation is released. fn must be
+ * deterministic (replay any randomness from `user`) and must not keep pointers to the
+ * STEP tensors it creates. Parameters fn reads through `user` get their gradients. */
+typedef qt_tensor *(*qt_checkpoint_fn)(qt_ctx *c, qt_tensor *x, void *user);
+qt_tensor *qt_checkpoint(qt_ctx *c, qt_checkpoint_fn fn, qt_tensor *x, void *user);
+
 /* Zero the gradients of the given parameters (before a new accumulation window). */
 void qt_zero_grads(qt_ctx *c, qt_tensor *const *params, int n);
 
@@ -231,6 +239,8 @@ size_t qt_cuda_mem_used(void);
 
 /* y = a + b (same shape) */
 qt_tensor *qt_add(qt_ctx *c, qt_tensor *a, qt_tensor *b);
+/* y[n, :] = x[n, :] + b; x [N, C], b [C], same dtype (linear-layer bias) */
+qt_tensor *qt_add_bias(qt_ctx *c, qt_tensor *x, qt_tensor *b);
 /* y = s * a */
 qt_tensor *qt_scale(qt_ctx *c, qt_tensor *a, double s);
 /* y = a converted to dtype dt (gradient converts back) */

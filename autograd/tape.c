@@ -50,12 +50,8 @@ void qt_ctx_sync(qt_ctx *c) {
 
 void *qt_step_host_alloc(qt_ctx *c, size_t bytes) { return qt_arena_alloc(&c->meta[QT_STEP], bytes); }
 
-qt_node *qt_record(qt_ctx *c, const char *op, qt_backward_fn bw, qt_tensor *out, int n_in,
-                   qt_tensor *const *in) {
-    QT_CHECK(n_in >= 1 && n_in <= QT_MAX_IN, "op %s: %d inputs", op, n_in);
-    bool any = false;
-    for (int i = 0; i < n_in; i++) any |= in[i] && in[i]->requires_grad;
-    if (!c->grad_enabled || !any) return NULL;
+static qt_node *push_node(qt_ctx *c, const char *op, qt_backward_fn bw, qt_tensor *out, int n_in,
+                          qt_tensor *const *in) {
     if (c->tape_len == c->tape_cap) {
         int cap = c->tape_cap ? 2 * c->tape_cap : 256;
         qt_node *t = realloc(c->tape, (size_t)cap * sizeof *t);
@@ -74,6 +70,15 @@ qt_node *qt_record(qt_ctx *c, const char *op, qt_backward_fn bw, qt_tensor *out,
     return n;
 }
 
+qt_node *qt_record(qt_ctx *c, const char *op, qt_backward_fn bw, qt_tensor *out, int n_in,
+                   qt_tensor *const *in) {
+    QT_CHECK(n_in >= 1 && n_in <= QT_MAX_IN, "op %s: %d inputs", op, n_in);
+    bool any = false;
+    for (int i = 0; i < n_in; i++) any |= in[i] && in[i]->requires_grad;
+    if (!c->grad_enabled || !any) return NULL;
+    return push_node(c, op, bw, out, n_in, in);
+}
+
 qt_tensor *qt_grad(qt_ctx *c, qt_tensor *t) {
     if (!t->grad) {
         QT_CHECK(t->requires_grad, "gradient asked of frozen tensor '%s'", t->name);
@@ -81,6 +86,18 @@ qt_tensor *qt_grad(qt_ctx *c, qt_tensor *t) {
         qt_set_name(t->grad, "%.40s.grad", t->name);
     }
     return t->grad;
+}
+
+/* Nodes [start, tape_len) in reverse. A node's backward may append nodes (a checkpoint's
+ * recomputation) and so move the tape: nodes are re-read by index, never by pointer. */
+static void backward_range(qt_ctx *c, int start) {
+    bool was = c->grad_enabled;
+    c->grad_enabled = false; /* backward kernels must not record */
+    for (int i = c->tape_len - 1; i >= start; i--) {
+        qt_node n = c->tape[i];
+        if (n.out->grad) n.backward(c, &n);
+    }
+    c->grad_enabled = was;
 }
 
 void qt_backward(qt_ctx *c, qt_tensor *out, const qt_tensor *seed) {
@@ -96,17 +113,52 @@ void qt_backward(qt_ctx *c, qt_tensor *out, const qt_tensor *seed) {
         double one = 1.0;
         qt_upload(g, &one, QT_F64);
     }
-    bool was = c->grad_enabled;
-    c->grad_enabled = false; /* backward kernels must not record */
-    for (int i = c->tape_len - 1; i >= 0; i--) {
-        qt_node *n = &c->tape[i];
-        if (n->out->grad) n->backward(c, n);
-    }
-    c->grad_enabled = was;
+    backward_range(c, 0);
 }
 
 void qt_zero_grads(qt_ctx *c, qt_tensor *const *params, int n) {
     (void)c;
     for (int i = 0; i < n; i++)
         if (params[i]->grad) qt_fill_zero(params[i]->grad);
+}
+
+/* ---- gradient checkpointing */
+
+typedef struct ckpt_ext { qt_checkpoint_fn fn; void *user; } ckpt_ext;
+
+static void checkpoint_backward(qt_ctx *c, qt_node *n) {
+    ckpt_ext *e = n->ext;
+    qt_tensor *x = n->in[0], *gout = n->out->grad;
+    if (x->requires_grad) qt_grad(c, x); /* allocated before the mark: it must survive */
+    size_t data_mark = qt_arena_mark(&c->data[QT_STEP]), meta_mark = qt_arena_mark(&c->meta[QT_STEP]);
+    int tape_mark = c->tape_len;
+    /* Recompute from a stand-in for x whose gradient buffer is x's own. */
+    qt_tensor *xs = qt_reshape_nograd(c, x, x->ndim, x->shape);
+    xs->requires_grad = x->requires_grad;
+    xs->grad = x->grad;
+    c->grad_enabled = true;
+    qt_tensor *y = e->fn(c, xs, e->user);
+    c->grad_enabled = false;
+    QT_CHECK(qt_same_shape(y, n->out), "checkpointed function changed its output shape");
+    if (y->requires_grad) {
+        y->grad = qt_reshape_nograd(c, gout, gout->ndim, gout->shape);
+        backward_range(c, tape_mark);
+    }
+    c->tape_len = tape_mark;
+    qt_arena_reset(&c->data[QT_STEP], data_mark);
+    qt_arena_reset(&c->meta[QT_STEP], meta_mark);
+}
+
+qt_tensor *qt_checkpoint(qt_ctx *c, qt_checkpoint_fn fn, qt_tensor *x, void *user) {
+    if (!c->grad_enabled) return fn(c, x, user);
+    c->grad_enabled = false;
+    qt_tensor *y = fn(c, x, user);
+    c->grad_enabled = true;
+    /* Recorded even when x needs no gradient: parameters inside fn may. */
+    qt_node *n = push_node(c, "checkpoint", checkpoint_backward, y, 1, &x);
+    ckpt_ext *e = qt_step_host_alloc(c, sizeof *e);
+    e->fn = fn;
+    e->user = user;
+    n->ext = e;
+    return y;
 }

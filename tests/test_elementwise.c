@@ -12,6 +12,7 @@ static qt_tensor *f_cast(qt_ctx *c, qt_tensor **in, void *u) {
     qt_tensor *y = qt_cast(c, in[0], QT_F32);
     return qt_scale(c, qt_cast(c, y, in[0]->dtype), 0.5);
 }
+static qt_tensor *f_bias(qt_ctx *c, qt_tensor **in, void *u) { return qt_add_bias(c, in[0], in[1]); }
 /* a + a: the same tensor twice must get both gradients */
 static qt_tensor *f_twice(qt_ctx *c, qt_tensor **in, void *u) { return qt_add(c, in[0], in[0]); }
 
@@ -25,6 +26,10 @@ int qt_test_cpu(void) {
     /* f32 rounding inside the chain: a larger step keeps the difference quotient exact enough */
     tu_gradcheck(c, "cast", f_cast, in, 1, NULL, 1e-2, 1e-4);
     tu_gradcheck(c, "add-same", f_twice, in, 1, NULL, 1e-6, 1e-7);
+    int64_t sb[1] = {13};
+    qt_tensor *bin[2] = {in[0], tu_rand(c, QT_F64, 1, sb, -1, 1)};
+    bin[1]->requires_grad = true;
+    tu_gradcheck(c, "add_bias", f_bias, bin, 2, NULL, 1e-6, 1e-7);
     /* A frozen input gets no gradient storage. */
     in[1]->requires_grad = false;
     in[1]->grad = NULL;
@@ -52,12 +57,16 @@ int qt_test_cuda(void) {
     int64_t s[2] = {37, 129};
     qt_tensor *in[2] = {tu_rand(c, QT_F32, 2, s, -2, 2), tu_rand(c, QT_F32, 2, s, -2, 2)};
     in[0]->requires_grad = in[1]->requires_grad = true;
+    int64_t sb[1] = {129};
+    qt_tensor *bin[2] = {in[0], tu_rand(c, QT_F32, 1, sb, -1, 1)};
+    bin[1]->requires_grad = true;
     qt_dtype dts[3] = {QT_F32, QT_BF16, QT_F16};
     double tol[3] = {1e-6, 1e-2, 2e-3};
     for (int d = 0; d < 3; d++) {
         tu_cuda_parity("add", f_add, in, 2, NULL, dts[d], tol[d], tol[d]);
         tu_cuda_parity("scale", f_scale, in, 1, NULL, dts[d], tol[d], tol[d]);
         tu_cuda_parity("cast", f_cast, in, 1, NULL, dts[d], tol[d], tol[d]);
+        tu_cuda_parity("add_bias", f_bias, bin, 2, NULL, dts[d], tol[d], tol[d]);
     }
     return 0;
 }

@@ -61,6 +61,47 @@ qt_tensor *qt_add(qt_ctx *c, qt_tensor *a, qt_tensor *b) {
     return y;
 }
 
+/* ---- bias: broadcast over rows; its gradient is the column sum */
+
+static void add_bias_backward(qt_ctx *c, qt_node *n) {
+    qt_tensor *x = n->in[0], *b = n->in[1], *g = n->out->grad;
+    if (x->requires_grad) qt_accum_grad(c, x, g, 1.0);
+    if (!b->requires_grad) return;
+    if (g->dev == QT_CUDA) {
+        QT_CUDA_CALL(qt_cuda_bias_grad, c, qt_grad(c, b), g);
+        return;
+    }
+    size_t m = qt_scratch_mark(c);
+    int64_t C = b->numel, N = g->numel / C;
+    double *gv = qt_cpu_load(c, g), *db = qt_cpu_scratch(c, C);
+    for (int64_t r = 0; r < N; r++)
+        for (int64_t j = 0; j < C; j++) db[j] += gv[r * C + j];
+    qt_cpu_accum(qt_grad(c, b), db);
+    qt_scratch_reset(c, m);
+}
+
+qt_tensor *qt_add_bias(qt_ctx *c, qt_tensor *x, qt_tensor *b) {
+    char d1[128], d2[128];
+    qt_op_check_float("add_bias", x);
+    qt_op_check_2d("add_bias", x);
+    QT_CHECK(b->ndim == 1 && b->shape[0] == x->shape[1] && b->dtype == x->dtype && b->dev == x->dev,
+             "add_bias: bias %s does not match %s", qt_describe(b, d1, sizeof d1), qt_describe(x, d2, sizeof d2));
+    qt_tensor *y = qt_empty(c, QT_STEP, x->dtype, 2, x->shape);
+    if (x->dev == QT_CUDA) {
+        QT_CUDA_CALL(qt_cuda_add_bias, c, y, x, b);
+    } else {
+        size_t m = qt_scratch_mark(c);
+        int64_t C = b->numel;
+        double *xv = qt_cpu_load(c, x), *bv = qt_cpu_load(c, b), *o = qt_cpu_scratch(c, y->numel);
+        for (int64_t i = 0; i < y->numel; i++) o[i] = xv[i] + bv[i % C];
+        qt_cpu_store(y, o);
+        qt_scratch_reset(c, m);
+    }
+    qt_tensor *in[2] = {x, b};
+    qt_record(c, "add_bias", add_bias_backward, y, 2, in);
+    return y;
+}
+
 /* ---- scale */
 
 static void scale_backward(qt_ctx *c, qt_node *n) { qt_accum_grad(c, n->in[0], n->out->grad, n->f[0]); }

@@ -33,6 +33,10 @@ void qt_cuda_axpby(qt_ctx *c, qt_tensor *y, const qt_tensor *x, double alpha, do
 /* y = a + b on the GPU, same dtype. */
 void qt_cuda_add(qt_ctx *c, qt_tensor *y, const qt_tensor *a, const qt_tensor *b);
 
+/* y[n, :] = x[n, :] + b on the GPU; and db += column sums of dy. */
+void qt_cuda_add_bias(qt_ctx *c, qt_tensor *y, const qt_tensor *x, const qt_tensor *b);
+void qt_cuda_bias_grad(qt_ctx *c, qt_tensor *db, const qt_tensor *dy);
+
 #ifdef __cplusplus
 }
 #endif
