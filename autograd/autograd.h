@@ -124,6 +124,10 @@ qt_tensor *qt_param(qt_ctx *c, const char *name, qt_dtype dt, int ndim, const in
  * use only on tensors that do not need gradients, or before they enter the tape. */
 qt_tensor *qt_reshape_nograd(qt_ctx *c, qt_tensor *t, int ndim, const int64_t *shape);
 
+/* A tensor header by value over memory the caller owns (e.g. a block of c->work): for
+ * transient operands of qt_gemm and kernels, never for tensors that enter the tape. */
+qt_tensor qt_tensor_over(void *data, qt_dtype dt, qt_device dev, int ndim, const int64_t *shape);
+
 bool qt_is_contiguous(const qt_tensor *t);
 bool qt_same_shape(const qt_tensor *a, const qt_tensor *b);
 void qt_set_name(qt_tensor *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -167,6 +171,8 @@ typedef struct qt_ctx_opts {
     size_t persist_budget; /* device bytes for PERSIST tensors */
     size_t step_budget;    /* device bytes for STEP tensors */
     size_t scratch_budget; /* host bytes for CPU-reference scratch (0 = 256 MiB) */
+    size_t work_budget;    /* device bytes for transient buffers inside one op, e.g. a
+                              dequantized weight (0 = 64 MiB) */
     int cuda_device;       /* ordinal when dev == QT_CUDA */
     bool tf32;             /* allow TF32 in F32 matmuls on the GPU (off: exact F32) */
 } qt_ctx_opts;
@@ -176,6 +182,7 @@ struct qt_ctx {
     qt_arena data[2];     /* tensor data per pool, on dev */
     qt_arena meta[2];     /* tensor headers and op structs per pool, host */
     qt_arena scratch;     /* host scratch for CPU kernels */
+    qt_arena work;        /* on dev: transient buffers, released by the op that took them */
     qt_node *tape;
     int tape_len, tape_cap;
     bool grad_enabled;    /* false: ops record nothing (inference, finite differences) */
@@ -250,6 +257,12 @@ qt_tensor *qt_cast(qt_ctx *c, qt_tensor *a, qt_dtype dt);
  * Linear layers: qt_matmul(c, x, W, false, true) with W [out, in].
  * BF16/F16 inputs accumulate in F32 and write the input dtype. */
 qt_tensor *qt_matmul(qt_ctx *c, qt_tensor *a, qt_tensor *b, bool ta, bool tb);
+
+/* No tape: y = op(a)·op(b) (accumulate false) or y += op(a)·op(b). Shapes as qt_matmul;
+ * y [M,N] preallocated with a's dtype and device. For ops built on matmul (quant's NF4
+ * linear) that manage their own backward. */
+void qt_gemm(qt_ctx *c, qt_tensor *y, const qt_tensor *a, const qt_tensor *b, bool ta, bool tb,
+             bool accumulate);
 
 /* y[n,:] = table[ids[n], :]; ids I32 [N], table [V, H]. Out-of-range ids abort. */
 qt_tensor *qt_embedding(qt_ctx *c, qt_tensor *table, qt_tensor *ids);

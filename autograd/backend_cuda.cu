@@ -50,7 +50,11 @@ int qt_be_malloc(void **p, size_t bytes, int ordinal) {
     return 0;
 }
 
-void qt_be_free(void *p) { QT_CUDA_CHECK(cudaFree(p)); }
+void qt_be_free(void *p) {
+    cudaError_t e = cudaFree(p);
+    if (e == cudaErrorCudartUnloading) return; /* at process exit the runtime frees everything */
+    QT_CUDA_CHECK(e);
+}
 
 void qt_be_memcpy(void *dst, qt_device dd, const void *src, qt_device sd, size_t bytes) {
     if (dd == QT_CPU && sd == QT_CPU) { /* also works in a CUDA build on a machine with no GPU */

@@ -15,11 +15,13 @@ int qt_ctx_init(qt_ctx *c, const qt_ctx_opts *o) {
     c->tf32 = o->tf32;
     if (o->dev == QT_CUDA && qt_be_ctx_init(c, o) != 0) return -1;
     size_t scratch = o->scratch_budget ? o->scratch_budget : ((size_t)256 << 20);
+    size_t work = o->work_budget ? o->work_budget : ((size_t)64 << 20);
     if (qt_arena_init(&c->data[QT_PERSIST], "persist", o->dev, o->persist_budget) ||
         qt_arena_init(&c->data[QT_STEP], "step", o->dev, o->step_budget) ||
         qt_arena_init(&c->meta[QT_PERSIST], "persist-headers", QT_CPU, META_BUDGET) ||
         qt_arena_init(&c->meta[QT_STEP], "step-headers", QT_CPU, META_BUDGET) ||
-        qt_arena_init(&c->scratch, "cpu-scratch", QT_CPU, scratch)) {
+        qt_arena_init(&c->scratch, "cpu-scratch", QT_CPU, scratch) ||
+        qt_arena_init(&c->work, "op-work", o->dev, work)) {
         qt_ctx_free(c);
         return -1;
     }
@@ -32,6 +34,7 @@ void qt_ctx_free(qt_ctx *c) {
         qt_arena_free(&c->meta[p]);
     }
     qt_arena_free(&c->scratch);
+    qt_arena_free(&c->work);
     free(c->tape);
     if (c->cuda) qt_be_ctx_free(c);
     memset(c, 0, sizeof *c);

@@ -68,6 +68,20 @@ static qt_tensor *new_header(qt_ctx *c, qt_pool pool, qt_dtype dt, int ndim, con
     return t;
 }
 
+qt_tensor qt_tensor_over(void *data, qt_dtype dt, qt_device dev, int ndim, const int64_t *shape) {
+    qt_tensor t;
+    memset(&t, 0, sizeof t);
+    QT_CHECK(ndim >= 1 && ndim <= QT_MAX_DIMS, "ndim %d out of 1..%d", ndim, QT_MAX_DIMS);
+    t.dtype = dt;
+    t.dev = dev;
+    t.pool = QT_STEP;
+    t.ndim = ndim;
+    for (int d = 0; d < ndim; d++) t.shape[d] = shape[d];
+    set_contiguous_strides(&t);
+    t.data = data;
+    return t;
+}
+
 qt_tensor *qt_empty(qt_ctx *c, qt_pool pool, qt_dtype dt, int ndim, const int64_t *shape) {
     qt_tensor *t = new_header(c, pool, dt, ndim, shape);
     t->data = qt_arena_alloc(&c->data[pool], qt_nbytes(t));

@@ -55,7 +55,11 @@ static int run_compare(qt_ctx *c, qt_dtype dt, bool paged, double tol) {
     qt_lr_sched sch = {.kind = QT_LR_COSINE, .lr = 3e-2, .warmup_steps = 2, .total_steps = STEPS};
     int clipped = 0;
     for (int s = 0; s < STEPS; s++) {
-        for (int i = 0; i < NP; i++) qt_upload(p[i]->grad, grads[s][i], QT_F64);
+        /* the reference sees the gradients as the parameter dtype holds them */
+        for (int i = 0; i < NP; i++) {
+            qt_upload(p[i]->grad, grads[s][i], QT_F64);
+            qt_download(p[i]->grad, grads[s][i], QT_F64);
+        }
         /* reference, in double, from the docs' formulas */
         double ss = 0;
         for (int i = 0; i < NP; i++)

@@ -21,6 +21,7 @@ static void free_ctxs(void) {
         if (g_ctx[i]) {
             qt_ctx_free(g_ctx[i]);
             free(g_ctx[i]);
+            g_ctx[i] = NULL;
         }
 }
 
@@ -33,6 +34,9 @@ qt_ctx *tu_ctx(qt_device dev) {
         exit(1);
     }
     g_ctx[dev] = c;
+    /* Registered after the CUDA runtime initialised: handlers run in reverse order, so the
+     * contexts are freed before CUDA tears itself down at exit. */
+    atexit(free_ctxs);
     return c;
 }
 
@@ -41,7 +45,7 @@ int main(int argc, char **argv) {
     uint64_t seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20);
     printf("seed %llu (QT_TEST_SEED=%llu to replay)\n", (unsigned long long)seed, (unsigned long long)seed);
     qt_rng_seed(&g_rng, seed);
-    atexit(free_ctxs);
+    setvbuf(stdout, NULL, _IOLBF, 0); /* a crash must not swallow the lines before it */
     int rc;
     if (argc > 1 && strcmp(argv[1], "--cuda") == 0) {
         if (!qt_test_cuda) {

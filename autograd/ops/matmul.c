@@ -54,6 +54,17 @@ static void gemm(qt_ctx *c, bool ta, bool tb, int64_t M, int64_t N, int64_t K, c
     qt_scratch_reset(c, m);
 }
 
+void qt_gemm(qt_ctx *c, qt_tensor *y, const qt_tensor *a, const qt_tensor *b, bool ta, bool tb,
+             bool accumulate) {
+    int64_t M = ta ? a->shape[1] : a->shape[0], K = ta ? a->shape[0] : a->shape[1];
+    int64_t Kb = tb ? b->shape[1] : b->shape[0], N = tb ? b->shape[0] : b->shape[1];
+    QT_CHECK(a->ndim == 2 && b->ndim == 2 && y->ndim == 2 && K == Kb && y->shape[0] == M && y->shape[1] == N,
+             "gemm: shapes do not chain");
+    QT_CHECK(a->dtype == b->dtype && a->dtype == y->dtype && a->dev == b->dev && a->dev == y->dev,
+             "gemm: operands differ in dtype or device");
+    gemm(c, ta, tb, M, N, K, a, b, y, accumulate);
+}
+
 /* ---- op */
 
 /* With y = op(A)·op(B) and dY = dL/dy:
