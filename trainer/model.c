@@ -24,8 +24,31 @@ static int load_tensor(qt_ctx *c, const st_model *sm, const char *name, qt_dtype
     return 0;
 }
 
-int llm_load(llm_model *m, qt_ctx *c, const char *dir, qt_dtype dt, qt_err *e) {
+/* A projection weight: dense in PERSIST, or through STEP into NF4 in PERSIST. */
+static int load_linear(qt_ctx *c, const st_model *sm, const char *name, const llm_load_opts *o,
+                       const int64_t *shape, llm_linear *lin, qt_err *e) {
+    if (!o->nf4) return load_tensor(c, sm, name, o->dtype, 2, shape, &lin->w, e);
+    const st_tensor *t = st_model_find(sm, name);
+    if (!t) return qt_errf(e, "%s: tensor '%s' is missing", sm->dir, name);
+    size_t mark = qt_arena_mark(&c->data[QT_STEP]), hmark = qt_arena_mark(&c->meta[QT_STEP]);
+    qt_tensor *dense = qt_empty(c, QT_STEP, o->dtype == QT_F16 ? QT_F16 : QT_BF16, 2, shape);
+    qt_set_name(dense, "%.47s", name);
+    /* NF4 is computed from the checkpoint's values: bf16 keeps a bf16 checkpoint exact. */
+    if (t->dtype == ST_F32 || t->dtype == ST_F64) dense = qt_empty(c, QT_STEP, QT_F32, 2, shape);
+    int rc = st_to_qt(t, dense, e);
+    if (rc == 0) {
+        lin->wq = qt_arena_alloc(&c->meta[QT_PERSIST], sizeof *lin->wq);
+        rc = nf4_quantize(c, QT_PERSIST, dense, o->double_quant, lin->wq, e);
+        snprintf(lin->wq->name, sizeof lin->wq->name, "%.47s", name);
+    }
+    qt_arena_reset(&c->data[QT_STEP], mark);
+    qt_arena_reset(&c->meta[QT_STEP], hmark);
+    return rc;
+}
+
+int llm_load(llm_model *m, qt_ctx *c, const char *dir, const llm_load_opts *o, qt_err *e) {
     memset(m, 0, sizeof *m);
+    qt_dtype dt = o->dtype;
     m->dtype = dt;
     if (dt != QT_F32 && dt != QT_BF16 && dt != QT_F16)
         return qt_errf(e, "model.dtype must be f32, bf16 or f16 (got %s)", qt_dtype_name(dt));
@@ -58,7 +81,7 @@ int llm_load(llm_model *m, qt_ctx *c, const char *dir, qt_dtype dt, qt_err *e) {
             lin->out = (int)dims[k][0];
             lin->in = (int)dims[k][1];
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, llm_lin_parent(k), llm_lin_names[k]);
-            rc = load_tensor(c, &sm, name, dt, 2, dims[k], &lin->w, e);
+            rc = load_linear(c, &sm, name, o, dims[k], lin, e);
             bool bias = k <= LIN_V ? h->has_qkv_bias : k == LIN_O ? h->has_o_bias : h->has_mlp_bias;
             if (rc == 0 && bias) {
                 snprintf(name, sizeof name, "model.layers.%d.%s.%s.bias", l, llm_lin_parent(k), llm_lin_names[k]);
@@ -69,6 +92,20 @@ int llm_load(llm_model *m, qt_ctx *c, const char *dir, qt_dtype dt, qt_err *e) {
     st_model_close(&sm);
     if (rc != 0) llm_free(m);
     return rc;
+}
+
+size_t llm_weight_bytes(const llm_model *m) {
+    size_t b = qt_nbytes(m->embed) + qt_nbytes(m->norm) + (m->lm_head != m->embed ? qt_nbytes(m->lm_head) : 0);
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
+        const llm_layer *L = &m->layers[l];
+        b += qt_nbytes(L->attn_norm) + qt_nbytes(L->mlp_norm);
+        for (int k = 0; k < LIN_N; k++) {
+            const llm_linear *lin = &L->lin[k];
+            b += lin->wq ? nf4_bytes(lin->wq->n, lin->wq->dq) : qt_nbytes(lin->w);
+            if (lin->b) b += qt_nbytes(lin->b);
+        }
+    }
+    return b;
 }
 
 void llm_free(llm_model *m) {
@@ -116,7 +153,7 @@ int llm_add_lora(llm_model *m, qt_ctx *c, const llm_lora_cfg *lc, qt_err *e) {
 /* ---- forward */
 
 static qt_tensor *linear(qt_ctx *c, const llm_linear *lin, qt_tensor *x) {
-    qt_tensor *y = qt_matmul(c, x, lin->w, false, true);
+    qt_tensor *y = lin->wq ? nf4_linear(c, x, lin->wq) : qt_matmul(c, x, lin->w, false, true);
     if (lin->b) y = qt_add_bias(c, y, lin->b);
     if (!lin->lora_a) return y;
     /* The adapter runs in float32 (PEFT keeps A, B in fp32 and casts the result back). */
@@ -176,4 +213,122 @@ qt_tensor *llm_loss(qt_ctx *c, llm_model *m, qt_tensor *ids, const int32_t *labe
     qt_upload(tg, tv, QT_I32);
     free(tv);
     return qt_cross_entropy(c, logits, tg, -100);
+}
+
+/* ---- inference with a KV cache */
+
+int llm_kv_init(llm_kv *kv, qt_ctx *c, const llm_model *m, int B, int Tmax, qt_err *e) {
+    const hf_config *h = &m->cfg;
+    memset(kv, 0, sizeof *kv);
+    if (B < 1 || Tmax < 1) return qt_errf(e, "KV cache: batch %d and length %d must be positive", B, Tmax);
+    if (Tmax > h->max_position_embeddings)
+        return qt_errf(e, "prompt + new tokens = %d exceeds the model's max_position_embeddings %d", Tmax,
+                       h->max_position_embeddings);
+    kv->B = B;
+    kv->Tmax = Tmax;
+    int L = h->num_hidden_layers;
+    kv->k = calloc((size_t)L, sizeof *kv->k);
+    kv->v = calloc((size_t)L, sizeof *kv->v);
+    if (!kv->k || !kv->v) return qt_errf(e, "out of host memory");
+    int64_t shape[2] = {(int64_t)B * Tmax, (int64_t)h->num_key_value_heads * h->head_dim};
+    size_t need = 2 * (size_t)L * (size_t)(shape[0] * shape[1]) * qt_dtype_size(m->dtype);
+    if (c->data[QT_PERSIST].cap - c->data[QT_PERSIST].used < need + (size_t)L * 512)
+        return qt_errf(e, "KV cache of %zu bytes does not fit the memory budget: shorten the prompt or "
+                          "max new tokens", need);
+    for (int l = 0; l < L; l++) {
+        kv->k[l] = qt_empty(c, QT_PERSIST, m->dtype, 2, shape);
+        kv->v[l] = qt_empty(c, QT_PERSIST, m->dtype, 2, shape);
+    }
+    return 0;
+}
+
+void llm_kv_free(llm_kv *kv) {
+    free(kv->k);
+    free(kv->v);
+    memset(kv, 0, sizeof *kv);
+}
+
+/* Rows b*Tq.. of src go to rows b*Tmax + past.. of the cache. */
+static void kv_append(qt_tensor *cache, const qt_tensor *src, int B, int Tq, int past, int Tmax) {
+    size_t row = (size_t)src->shape[1] * qt_dtype_size(src->dtype);
+    int64_t shape[2] = {Tq, src->shape[1]};
+    for (int b = 0; b < B; b++) {
+        qt_tensor d = qt_tensor_over((char *)cache->data + ((size_t)b * Tmax + past) * row, src->dtype, src->dev, 2, shape);
+        qt_tensor s = qt_tensor_over((char *)src->data + (size_t)b * Tq * row, src->dtype, src->dev, 2, shape);
+        qt_copy(&d, &s);
+    }
+}
+
+qt_tensor *llm_forward_kv(qt_ctx *c, llm_model *m, llm_kv *kv, qt_tensor *ids, int Tq) {
+    const hf_config *h = &m->cfg;
+    int B = kv->B, nh = h->num_attention_heads, nkv = h->num_key_value_heads, hd = h->head_dim;
+    QT_CHECK(!c->grad_enabled, "llm_forward_kv records no tape: disable grad first");
+    QT_CHECK(kv->past + Tq <= kv->Tmax, "KV cache full: %d + %d > %d", kv->past, Tq, kv->Tmax);
+    QT_CHECK(ids->numel == (int64_t)B * Tq, "forward_kv: %lld ids for B=%d Tq=%d", (long long)ids->numel, B, Tq);
+    qt_tensor *x = qt_embedding(c, m->embed, ids);
+    for (int l = 0; l < h->num_hidden_layers; l++) {
+        const llm_layer *L = &m->layers[l];
+        qt_tensor *a = qt_rmsnorm(c, x, L->attn_norm, h->rms_norm_eps);
+        qt_tensor *q = qt_rope_apply(c, linear(c, &L->lin[LIN_Q], a), &h->rope, B, Tq, nh, kv->past);
+        qt_tensor *k = qt_rope_apply(c, linear(c, &L->lin[LIN_K], a), &h->rope, B, Tq, nkv, kv->past);
+        qt_tensor *v = linear(c, &L->lin[LIN_V], a);
+        kv_append(kv->k[l], k, B, Tq, kv->past, kv->Tmax);
+        kv_append(kv->v[l], v, B, Tq, kv->past, kv->Tmax);
+        qt_tensor *att = qt_attention_kv(c, q, kv->k[l], kv->v[l], B, Tq, kv->past, kv->Tmax, nh, nkv, hd);
+        x = qt_add(c, x, linear(c, &L->lin[LIN_O], att));
+        qt_tensor *f = qt_rmsnorm(c, x, L->mlp_norm, h->rms_norm_eps);
+        qt_tensor *g = qt_swiglu(c, linear(c, &L->lin[LIN_GATE], f), linear(c, &L->lin[LIN_UP], f));
+        x = qt_add(c, x, linear(c, &L->lin[LIN_DOWN], g));
+    }
+    kv->past += Tq;
+    x = qt_rmsnorm(c, x, m->norm, h->rms_norm_eps);
+    return qt_matmul(c, x, m->lm_head, false, true);
+}
+
+/* ---- sampling */
+
+typedef struct idx_val { float v; int32_t i; } idx_val;
+
+static int by_value_desc(const void *a, const void *b) {
+    float x = ((const idx_val *)a)->v, y = ((const idx_val *)b)->v;
+    return x < y ? 1 : x > y ? -1 : ((const idx_val *)a)->i - ((const idx_val *)b)->i;
+}
+
+int32_t llm_sample(llm_sampler *s, const float *logits, int V) {
+    int32_t best = 0;
+    for (int i = 1; i < V; i++)
+        if (logits[i] > logits[best]) best = i;
+    if (s->temperature <= 0) return best;
+    idx_val *p = malloc(sizeof *p * (size_t)V);
+    QT_CHECK(p, "out of host memory");
+    double sum = 0;
+    for (int i = 0; i < V; i++) {
+        p[i].i = i;
+        p[i].v = (float)exp((logits[i] - logits[best]) / s->temperature);
+        sum += p[i].v;
+    }
+    qsort(p, (size_t)V, sizeof *p, by_value_desc);
+    /* keep the top_k, then the smallest prefix whose mass reaches top_p */
+    int keep = s->top_k > 0 && s->top_k < V ? s->top_k : V;
+    double mass = 0, kept = 0;
+    int n = 0;
+    for (; n < keep; n++) {
+        mass += p[n].v / sum;
+        kept += p[n].v;
+        if (s->top_p < 1 && mass >= s->top_p) {
+            n++;
+            break;
+        }
+    }
+    double u = qt_rng_uniform(&s->rng) * kept, acc = 0;
+    int32_t tok = p[n - 1].i;
+    for (int i = 0; i < n; i++) {
+        acc += p[i].v;
+        if (u < acc) {
+            tok = p[i].i;
+            break;
+        }
+    }
+    free(p);
+    return tok;
 }

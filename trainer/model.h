@@ -5,6 +5,7 @@
 
 #include "autograd/autograd.h"
 #include "checkpoints/checkpoints.h"
+#include "quant/quant.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -25,10 +26,12 @@ typedef struct llm_lora_cfg {
     uint64_t seed;      /* A ~ kaiming-uniform(a=sqrt 5) = U(-1/sqrt(in), 1/sqrt(in)); B = 0 */
 } llm_lora_cfg;
 
-/* y = x·Wᵀ (+ b) + s·(dropout(x)·Aᵀ)·Bᵀ; W frozen in the model dtype; A, B trainable F32. */
+/* y = x·Wᵀ (+ b) + s·(dropout(x)·Aᵀ)·Bᵀ; W frozen, either dense in the model dtype (w)
+ * or NF4 (wq, dequantized inside the op); A, B trainable F32. */
 typedef struct llm_linear {
     int in, out;
     qt_tensor *w, *b;
+    nf4_tensor *wq;
     qt_tensor *lora_a, *lora_b; /* [r, in], [out, r]; NULL when not adapted */
     double lora_scale;
 } llm_linear;
@@ -49,9 +52,18 @@ typedef struct llm_model {
     int n_lora_params;
 } llm_model;
 
-/* Load a Hugging Face folder (config.json + safetensors) into PERSIST tensors of dtype dt
- * (F32, BF16 or F16) on the context's device. Every weight is frozen. */
-int llm_load(llm_model *m, qt_ctx *c, const char *dir, qt_dtype dt, qt_err *e);
+typedef struct llm_load_opts {
+    qt_dtype dtype;     /* F32, BF16 or F16: compute dtype and dtype of unquantized weights */
+    bool nf4;           /* quantize the seven projections of every layer to NF4 */
+    bool double_quant;  /* NF4 with double quantization of the block scales */
+} llm_load_opts;
+
+/* Load a Hugging Face folder (config.json + safetensors) into PERSIST tensors on the
+ * context's device. Every weight is frozen. With nf4, each projection passes through
+ * STEP memory once on its way to 4 bits, so the dense model never sits in memory. */
+int llm_load(llm_model *m, qt_ctx *c, const char *dir, const llm_load_opts *o, qt_err *e);
+/* Bytes the loaded weights take in PERSIST memory (dense, NF4 and norms). */
+size_t llm_weight_bytes(const llm_model *m);
 void llm_free(llm_model *m);
 /* Add LoRA adapters (A random, B zero, as PEFT initialises them). */
 int llm_add_lora(llm_model *m, qt_ctx *c, const llm_lora_cfg *lc, qt_err *e);
@@ -65,6 +77,29 @@ qt_tensor *llm_forward(qt_ctx *c, llm_model *m, qt_tensor *ids, int B, int T);
 qt_tensor *llm_loss(qt_ctx *c, llm_model *m, qt_tensor *ids, const int32_t *labels, int B, int T);
 /* targets[b*T + t] = labels[b*T + t + 1] (t < T-1), else -100. */
 void llm_shift_labels(const int32_t *labels, int B, int T, int32_t *targets);
+
+/* ---- inference with a KV cache (no tape) */
+
+typedef struct llm_kv {
+    int B, Tmax, past;  /* positions 0..past-1 are filled */
+    qt_tensor **k, **v; /* per layer [B*Tmax, nkv*hd], PERSIST */
+} llm_kv;
+
+/* Cache for B sequences of up to Tmax positions, in the context's PERSIST pool. */
+int llm_kv_init(llm_kv *kv, qt_ctx *c, const llm_model *m, int B, int Tmax, qt_err *e);
+void llm_kv_free(llm_kv *kv);
+/* Logits [B*Tq, V] of the next Tq tokens of each sequence (ids I32 [B*Tq]); their keys and
+ * values are appended to the cache. Call with grad disabled. */
+qt_tensor *llm_forward_kv(qt_ctx *c, llm_model *m, llm_kv *kv, qt_tensor *ids, int Tq);
+
+typedef struct llm_sampler {
+    double temperature; /* 0: greedy */
+    double top_p;       /* nucleus mass in (0, 1]; 1 = off */
+    int top_k;          /* 0 = off */
+    qt_rng rng;
+} llm_sampler;
+/* Next token from one row of logits. */
+int32_t llm_sample(llm_sampler *s, const float *logits, int V);
 
 #ifdef __cplusplus
 }
