@@ -109,7 +109,7 @@ typedef struct qt_tensor {
     void *data;
     struct qt_tensor *grad;  /* same shape, dtype and device; NULL until needed */
     bool requires_grad;      /* false for frozen tensors: they never get a grad */
-    char name[48];
+    char name[96];           /* long enough for PEFT names (base_model.model.model.layers...) */
 } qt_tensor;
 
 typedef struct qt_ctx qt_ctx;
@@ -239,6 +239,8 @@ bool qt_cuda_available(void);
 void qt_cuda_describe(char *buf, size_t n);
 /* Current and peak bytes of device memory in use, as cudaMemGetInfo sees the whole device. */
 size_t qt_cuda_mem_used(void);
+/* Bytes of device memory free now (0 without CUDA). */
+size_t qt_cuda_mem_free(void);
 
 /* ------------------------------------------------------------------ ops
  * Every op returns a new STEP tensor on the inputs' device and records itself.
@@ -293,6 +295,12 @@ qt_tensor *qt_swiglu(qt_ctx *c, qt_tensor *gate, qt_tensor *up);
  * Scale 1/sqrt(hd). Out [B*T, nh*hd]. */
 qt_tensor *qt_attention(qt_ctx *c, qt_tensor *q, qt_tensor *k, qt_tensor *v, int B, int T,
                         int nh, int nkv, int hd);
+/* Inference attention over a KV cache (no gradient, not recorded). q [B*Tq, nh*hd] holds
+ * the queries of positions past..past+Tq-1; kc, vc [B*Tmax, nkv*hd] hold keys/values of
+ * positions 0..past+Tq-1 in rows b*Tmax + t (the caller has already written this step's
+ * rows). Query t attends to cache positions 0..past+t. Out [B*Tq, nh*hd]. */
+qt_tensor *qt_attention_kv(qt_ctx *c, qt_tensor *q, qt_tensor *kc, qt_tensor *vc, int B, int Tq,
+                           int past, int Tmax, int nh, int nkv, int hd);
 
 /* Mean softmax cross-entropy over rows whose target != ignore_index. logits [N, V] float,
  * targets I32 [N]. Returns an F32 scalar [1]; 0 when every row is ignored. */

@@ -36,6 +36,12 @@ size_t qt_cuda_mem_used(void) {
     return total - free_b;
 }
 
+size_t qt_cuda_mem_free(void) {
+    size_t free_b = 0, total = 0;
+    if (cudaMemGetInfo(&free_b, &total) != cudaSuccess) return 0;
+    return free_b;
+}
+
 int qt_be_malloc(void **p, size_t bytes, int ordinal) {
     (void)ordinal;
     cudaError_t e = cudaMalloc(p, bytes);

@@ -7,6 +7,7 @@
 bool qt_cuda_available(void) { return false; }
 void qt_cuda_describe(char *buf, size_t n) { snprintf(buf, n, "built without CUDA"); }
 size_t qt_cuda_mem_used(void) { return 0; }
+size_t qt_cuda_mem_free(void) { return 0; }
 
 int qt_be_malloc(void **p, size_t bytes, int ordinal) {
     (void)ordinal;

@@ -86,7 +86,7 @@ qt_tensor *qt_grad(qt_ctx *c, qt_tensor *t) {
     if (!t->grad) {
         QT_CHECK(t->requires_grad, "gradient asked of frozen tensor '%s'", t->name);
         t->grad = qt_zeros(c, t->pool, t->dtype, t->ndim, t->shape);
-        qt_set_name(t->grad, "%.40s.grad", t->name);
+        qt_set_name(t->grad, "%.88s.grad", t->name);
     }
     return t->grad;
 }

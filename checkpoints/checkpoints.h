@@ -32,6 +32,13 @@ extern "C" {
  * *len (optional) gets the size. NULL on error. */
 char *ck_read_file(const char *path, size_t max_bytes, size_t *len, qt_err *e);
 
+/* Durable write of the concatenated chunks to path: temporary file in the same folder,
+ * fsync, rename, fsync of the folder. On error the old file (if any) is untouched. */
+typedef struct ck_chunk { const void *data; uint64_t len; } ck_chunk;
+int ck_write_atomic(const char *path, const ck_chunk *chunks, int n, qt_err *e);
+/* mkdir -p */
+int ck_mkdirs(const char *dir, qt_err *e);
+
 /* ================================================================== 1. safetensors */
 
 /* Every dtype of the format, in the reference implementation's enum order (increasing
@@ -201,6 +208,22 @@ int hf_expected_tensors(const hf_config *cfg, hf_tensor_spec **out);
  * and a float dtype (F32/F16/BF16/F64); nothing unexpected besides what HF itself ignores
  * (rotary_emb.inv_freq, lm_head.weight when tied). The error names the first offender. */
 int hf_check_tensors(const hf_config *cfg, const st_model *m, qt_err *e);
+
+/* ================================================================== 3. PEFT adapter folder */
+
+typedef struct peft_adapter_info {
+    int r;
+    double alpha, dropout;
+    bool rslora;
+    const char *const *targets; /* HF module names: "q_proj", ... */
+    int n_targets;
+    const char *base_model;     /* base_model_name_or_path, or NULL */
+} peft_adapter_info;
+
+/* DIR/adapter_config.json and DIR/adapter_model.safetensors (tensors named
+ * base_model.model.model.layers.L.self_attn.q_proj.lora_A.weight, lora_A [r, in],
+ * lora_B [out, r]). DIR is created if needed; both files are written durably. */
+int peft_save(const char *dir, const peft_adapter_info *a, const st_wtensor *t, int n, qt_err *e);
 
 #ifdef __cplusplus
 }

@@ -125,19 +125,6 @@ static int validate(const char *path, const st_wtensor *t, int n, const st_kv *m
     return 0;
 }
 
-static int write_all(int fd, const void *buf, uint64_t n) {
-    const uint8_t *p = buf;
-    while (n > 0) {
-        size_t chunk = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : (size_t)n;
-        ssize_t w = write(fd, p, chunk);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        p += w;
-        n -= (uint64_t)w;
-    }
-    return 0;
-}
-
 int st_write(const char *path, const st_wtensor *t, int n, const st_kv *meta, int n_meta, qt_err *e) {
     QT_CHECK(n >= 0 && n_meta >= 0 && (n == 0 || t) && (n_meta == 0 || meta), "bad st_write arguments");
     if (validate(path, t, n, meta, n_meta, e)) return -1;
@@ -184,43 +171,14 @@ int st_write(const char *path, const st_wtensor *t, int n, const st_kv *meta, in
     uint8_t len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)h.n >> (8 * i));
 
-    /* Temp file in the same folder, fsync, rename: PATH is either the old file or the new one. */
-    size_t plen = strlen(path) + 32;
-    char *tmp = malloc(plen);
-    QT_CHECK(tmp, "out of host memory");
-    snprintf(tmp, plen, "%s.tmp.%d", path, (int)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        rc = qt_errf(e, "%s: cannot create %s: %s; check that the folder exists and is writable", path, tmp,
-                     strerror(errno));
-        goto out;
-    }
-    bool ok = write_all(fd, len8, 8) == 0 && write_all(fd, h.p, h.n) == 0;
-    for (int k = 0; k < n && ok; k++) ok = write_all(fd, ord[k]->data, wt_bytes(ord[k])) == 0;
-    int err = errno;
-    if (ok && fsync(fd) != 0) ok = false, err = errno;
-    if (close(fd) != 0 && ok) ok = false, err = errno;
-    if (ok && rename(tmp, path) != 0) ok = false, err = errno;
-    if (!ok) {
-        unlink(tmp);
-        rc = qt_errf(e, "%s: writing failed: %s; check free disk space and permissions", path, strerror(err));
-        goto out;
-    }
-    /* Make the rename itself durable. */
-    char *dir = strdup(path);
-    QT_CHECK(dir, "out of host memory");
-    char *slash = strrchr(dir, '/');
-    const char *dpath = ".";
-    if (slash == dir) dpath = "/";
-    else if (slash) *slash = 0, dpath = dir;
-    int dfd = open(dpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    free(dir);
-out:
-    free(tmp);
+    /* Header and tensors go through one durable write: PATH is the old file or the new one. */
+    ck_chunk *ch = malloc(sizeof *ch * (size_t)(n + 2));
+    QT_CHECK(ch, "out of host memory");
+    ch[0] = (ck_chunk){len8, 8};
+    ch[1] = (ck_chunk){h.p, h.n};
+    for (int k = 0; k < n; k++) ch[k + 2] = (ck_chunk){ord[k]->data, wt_bytes(ord[k])};
+    rc = ck_write_atomic(path, ch, n + 2, e);
+    free(ch);
     free(h.p);
     free(ord);
     return rc;

@@ -20,7 +20,8 @@ typedef struct qt_lr_sched {
     qt_lr_kind kind;
     double lr;            /* peak learning rate */
     int64_t warmup_steps; /* linear ramp from 0 */
-    int64_t total_steps;  /* decay reaches 0 here (linear, cosine) */
+    int64_t total_steps;  /* decay reaches min_ratio * lr here (linear, cosine) */
+    double min_ratio;     /* floor of the decay as a fraction of lr (0 = transformers) */
 } qt_lr_sched;
 double qt_lr_at(const qt_lr_sched *s, int64_t step);
 

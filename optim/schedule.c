@@ -9,6 +9,6 @@ double qt_lr_at(const qt_lr_sched *s, int64_t step) {
     double span = (double)(s->total_steps - s->warmup_steps);
     double done = span > 0 ? (double)(step - s->warmup_steps) / span : 1.0;
     if (done > 1) done = 1;
-    if (s->kind == QT_LR_LINEAR) return s->lr * (1.0 - done);
-    return s->lr * 0.5 * (1.0 + cos(M_PI * done));
+    double f = s->kind == QT_LR_LINEAR ? 1.0 - done : 0.5 * (1.0 + cos(M_PI * done));
+    return s->lr * (s->min_ratio + (1.0 - s->min_ratio) * f);
 }

@@ -51,7 +51,7 @@ typedef struct nf4_tensor {
     float *absmax2;      /* DQ: [nblocks2] nested scales; NULL without */
     float offset;        /* DQ: scale[b] = dmap[absmax_q[b]] * absmax2[b/256] + offset */
     float dmap[256];     /* DQ: D (host copy, passed to kernels by value) */
-    char name[48];       /* for messages; copied from the source weight */
+    char name[96];       /* for messages; copied from the source weight */
 } nf4_tensor;
 
 int64_t nf4_nblocks(int64_t n);

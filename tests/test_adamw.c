@@ -108,6 +108,9 @@ int qt_test_cpu(void) {
                   fabs(qt_lr_at(&s, 110)) < 1e-12, "cosine: peak, half at mid, zero at end");
     s.kind = QT_LR_LINEAR;
     TU_EXPECT(fabs(qt_lr_at(&s, 35) - 0.75) < 1e-12 && qt_lr_at(&s, 200) == 0.0, "linear decay");
+    s.min_ratio = 0.1; /* decays to 10% of lr instead of 0 */
+    TU_EXPECT(fabs(qt_lr_at(&s, 110) - 0.1) < 1e-12 && fabs(qt_lr_at(&s, 60) - 0.55) < 1e-12, "min_lr_ratio floor");
+    s.min_ratio = 0;
     s.kind = QT_LR_CONSTANT;
     TU_EXPECT(qt_lr_at(&s, 1000) == 1.0, "constant");
     run_compare(tu_ctx(QT_CPU), QT_F32, false, 2e-6);

@@ -32,14 +32,14 @@ static int load_linear(qt_ctx *c, const st_model *sm, const char *name, const ll
     if (!t) return qt_errf(e, "%s: tensor '%s' is missing", sm->dir, name);
     size_t mark = qt_arena_mark(&c->data[QT_STEP]), hmark = qt_arena_mark(&c->meta[QT_STEP]);
     qt_tensor *dense = qt_empty(c, QT_STEP, o->dtype == QT_F16 ? QT_F16 : QT_BF16, 2, shape);
-    qt_set_name(dense, "%.47s", name);
+    qt_set_name(dense, "%.95s", name);
     /* NF4 is computed from the checkpoint's values: bf16 keeps a bf16 checkpoint exact. */
     if (t->dtype == ST_F32 || t->dtype == ST_F64) dense = qt_empty(c, QT_STEP, QT_F32, 2, shape);
     int rc = st_to_qt(t, dense, e);
     if (rc == 0) {
         lin->wq = qt_arena_alloc(&c->meta[QT_PERSIST], sizeof *lin->wq);
         rc = nf4_quantize(c, QT_PERSIST, dense, o->double_quant, lin->wq, e);
-        snprintf(lin->wq->name, sizeof lin->wq->name, "%.47s", name);
+        snprintf(lin->wq->name, sizeof lin->wq->name, "%.95s", name);
     }
     qt_arena_reset(&c->data[QT_STEP], mark);
     qt_arena_reset(&c->meta[QT_STEP], hmark);

@@ -30,30 +30,38 @@ static double dot(const double *a, const double *b, int n) {
 
 /* ---- CPU reference */
 
+/* One query row: orow += softmax(scale * q k_s) v_s over keys s < nkeys, key/value s at
+ * k0/v0 + s * kstride; p is scratch for nkeys scores. Returns the log-sum-exp of the scaled
+ * scores. Shared with the KV-cache op (attention_kv.c). */
+double qt_attn_cpu_row(const double *qr, const double *k0, const double *v0, int64_t kstride,
+                       int nkeys, int hd, double *p, double *orow) {
+    const double scale = 1.0 / sqrt((double)hd);
+    double m = -INFINITY, sum = 0;
+    for (int s = 0; s < nkeys; s++) {
+        p[s] = scale * dot(qr, k0 + s * kstride, hd);
+        m = fmax(m, p[s]);
+    }
+    for (int s = 0; s < nkeys; s++) sum += (p[s] = exp(p[s] - m));
+    for (int s = 0; s < nkeys; s++) {
+        const double *vr = v0 + s * kstride;
+        for (int i = 0; i < hd; i++) orow[i] += p[s] / sum * vr[i];
+    }
+    return m + log(sum);
+}
+
 static void attn_cpu_fwd(qt_ctx *c, const attn_dims *d, qt_tensor *out, qt_tensor *lse,
                          const qt_tensor *q, const qt_tensor *k, const qt_tensor *v) {
     size_t m0 = qt_scratch_mark(c);
     const double *Q = qt_cpu_load(c, q), *K = qt_cpu_load(c, k), *V = qt_cpu_load(c, v);
     double *O = qt_cpu_scratch(c, out->numel), *L = qt_cpu_scratch(c, lse->numel);
     double *p = qt_cpu_scratch(c, d->T);
-    const int G = d->nh / d->nkv, hd = d->hd;
-    const double scale = 1.0 / sqrt((double)hd);
+    const int G = d->nh / d->nkv;
     for (int b = 0; b < d->B; b++)
         for (int h = 0; h < d->nh; h++)
             for (int t = 0; t < d->T; t++) {
-                const double *qr = Q + head_off(d, b, t, d->nh, h);
-                double m = -INFINITY, sum = 0;
-                for (int s = 0; s <= t; s++) {
-                    p[s] = scale * dot(qr, K + head_off(d, b, s, d->nkv, h / G), hd);
-                    m = fmax(m, p[s]);
-                }
-                for (int s = 0; s <= t; s++) sum += (p[s] = exp(p[s] - m));
-                double *orow = O + head_off(d, b, t, d->nh, h);
-                for (int s = 0; s <= t; s++) {
-                    const double *vr = V + head_off(d, b, s, d->nkv, h / G);
-                    for (int i = 0; i < hd; i++) orow[i] += p[s] / sum * vr[i];
-                }
-                L[((int64_t)b * d->nh + h) * d->T + t] = m + log(sum);
+                int64_t qo = head_off(d, b, t, d->nh, h), ko = head_off(d, b, 0, d->nkv, h / G);
+                L[((int64_t)b * d->nh + h) * d->T + t] = qt_attn_cpu_row(
+                    Q + qo, K + ko, V + ko, (int64_t)d->nkv * d->hd, t + 1, d->hd, p, O + qo);
             }
     qt_cpu_store(out, O);
     qt_cpu_store(lse, L);

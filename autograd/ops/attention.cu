@@ -4,9 +4,11 @@
  * no T-sized state: lane l holds dims l, l+32, ... of the head vectors (NPL = ceil(hd/32)
  * per lane, in registers), each dot product is a warp-shuffle sum, and the softmax is
  * online (running max and sum), so any T works and hd is bounded only by the registers
- * (QT_ATTN_MAX_HD). The four warps of a block take four neighbouring rows of the same
- * (batch, head), so they stream the same k/v (or q/dO) rows nearly in lockstep and share
- * them through L1. Blocks go heaviest rows first, so the long rows do not trail at the end.
+ * (QT_ATTN_MAX_HD); those per-warp pieces live in attention.cuh, shared with the KV-cache
+ * kernel (attention_kv.cu). The four warps of a block take four neighbouring rows of the
+ * same (batch, head), so they stream the same k/v (or q/dO) rows nearly in lockstep and
+ * share them through L1. Blocks go heaviest rows first, so the long rows do not trail at
+ * the end.
  *
  * Backward recomputes P = exp(s - lse) from the saved lse (flash-attention style):
  *   1. dsum: D_t = rowsum(dO_t * O_t), one warp per query row;
@@ -18,36 +20,9 @@
  * accumulate across ops). The cost is recomputing P in both kernels 2 and 3.
  *
  * cuDNN fused attention (tensor cores, tiled) replaces these with the performance work. */
-#include <math.h>
-
-#include "../cuda_util.cuh"
-#include "attention.h"
+#include "attention.cuh"
 
 #define ATT_WARPS 4
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-/* Load lane's part of a head vector (dims lane + 32*j), times mul; zero past hd. */
-template <typename T, int NPL>
-__device__ __forceinline__ void load_vec(float (&r)[NPL], const T *p, int hd, int lane, float mul) {
-#pragma unroll
-    for (int j = 0; j < NPL; j++) {
-        int d = lane + 32 * j;
-        r[j] = d < hd ? qt_ld(p, d) * mul : 0.0f;
-    }
-}
-
-template <int NPL>
-__device__ __forceinline__ float part_dot(const float (&a)[NPL], const float (&b)[NPL]) {
-    float s = 0.0f;
-#pragma unroll
-    for (int j = 0; j < NPL; j++) s += a[j] * b[j];
-    return s;
-}
 
 /* g[d] += r[j] for the lane's dims: the warp owns this gradient row, no other writer. */
 template <typename T, int NPL>
@@ -78,30 +53,19 @@ attn_fwd_kernel(T *out, float *lse, const T *q, const T *k, const T *v, int B, i
     int kvh = h / (nh / nkv);
     int64_t qo = (((int64_t)b * T_ + t) * nh + h) * hd, kstride = (int64_t)nkv * hd;
     const T *k0 = k + ((int64_t)b * T_ * nkv + kvh) * hd, *v0 = v + ((int64_t)b * T_ * nkv + kvh) * hd;
-    float qv[NPL], acc[NPL], kv[NPL];
+    float qv[NPL];
     load_vec<T, NPL>(qv, q + qo, hd, lane, scale);
-#pragma unroll
-    for (int j = 0; j < NPL; j++) acc[j] = 0.0f;
-    float m = -INFINITY, l = 0.0f;
-    for (int s = 0; s <= t; s++) {
-        load_vec<T, NPL>(kv, k0 + s * kstride, hd, lane, 1.0f);
-        float sc = warp_sum(part_dot<NPL>(qv, kv));
-        float mn = fmaxf(m, sc);
-        float corr = expf(m - mn), p = expf(sc - mn); /* corr = 0 on the first key (m = -inf) */
-        l = l * corr + p;
-        load_vec<T, NPL>(kv, v0 + s * kstride, hd, lane, 1.0f);
-#pragma unroll
-        for (int j = 0; j < NPL; j++) acc[j] = acc[j] * corr + p * kv[j];
-        m = mn;
-    }
+    attn_row<NPL> r;
+    attn_row_init<NPL>(r);
+    attn_row_keys<T, NPL>(r, qv, k0, v0, kstride, 0, t + 1, 1, hd, lane);
     T *orow = out + qo;
-    float inv = 1.0f / l;
+    float inv = 1.0f / r.l;
 #pragma unroll
     for (int j = 0; j < NPL; j++) {
         int d = lane + 32 * j;
-        if (d < hd) qt_st(orow, d, acc[j] * inv);
+        if (d < hd) qt_st(orow, d, r.acc[j] * inv);
     }
-    if (lane == 0) lse[((int64_t)b * nh + h) * T_ + t] = m + logf(l);
+    if (lane == 0) lse[((int64_t)b * nh + h) * T_ + t] = r.m + logf(r.l);
 }
 
 template <typename T, int NPL>
@@ -185,17 +149,6 @@ static unsigned rows_grid(int T, int64_t heads_total) {
     QT_CHECK(n >= 1 && n <= 0x7fffffff, "attention: %lld blocks is too many", (long long)n);
     return (unsigned)n;
 }
-
-/* Instantiate f<T, NPL> for the head dim: NPL = dims per lane. */
-#define ATT_DISPATCH_HD(hd, ...)                                                           \
-    do {                                                                                   \
-        if ((hd) <= 32) { const int NPL = 1; __VA_ARGS__; }                                \
-        else if ((hd) <= 64) { const int NPL = 2; __VA_ARGS__; }                           \
-        else if ((hd) <= 128) { const int NPL = 4; __VA_ARGS__; }                          \
-        else if ((hd) <= QT_ATTN_MAX_HD) { const int NPL = 8; __VA_ARGS__; }               \
-        else qt_fail(__FILE__, __LINE__, "hd", "attention: head dim %d > %d", (hd),        \
-                     QT_ATTN_MAX_HD);                                                      \
-    } while (0)
 
 /* The launchers' sequence length is seqT: inside the dispatch macros T is the element type. */
 extern "C" void qt_cuda_attention_fwd(qt_ctx *c, qt_tensor *out, qt_tensor *lse, const qt_tensor *q,

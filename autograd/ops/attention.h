@@ -1,8 +1,10 @@
-/* CUDA side of qt_attention (attention.cu), called from attention.c through QT_CUDA_CALL.
+/* Internals of qt_attention (attention.c/.cu) and qt_attention_kv (attention_kv.c/.cu): the
+ * CUDA launchers, called through QT_CUDA_CALL, and the CPU row both CPU references use.
  *
- * Layout everywhere: q/out [B*T, nh*hd], k/v [B*T, nkv*hd], rows (b, t), columns (head, dim).
- * lse and dsum are F32 [B, nh, T]: the per-row log-sum-exp of the scaled scores, and
- * D = rowsum(dO * O) for backward. Kernels need hd <= QT_ATTN_MAX_HD. */
+ * Layout everywhere: q/out [B*T, nh*hd], k/v [B*T, nkv*hd], rows (b, t), columns (head, dim);
+ * a KV cache is k/v with Tmax rows per batch instead of T. lse and dsum are F32 [B, nh, T]:
+ * the per-row log-sum-exp of the scaled scores, and D = rowsum(dO * O) for backward.
+ * Kernels need hd <= QT_ATTN_MAX_HD. */
 #ifndef QT_OPS_ATTENTION_H
 #define QT_OPS_ATTENTION_H
 
@@ -14,6 +16,11 @@ extern "C" {
 
 #define QT_ATTN_MAX_HD 256
 
+/* CPU, in double: orow += softmax(q k_s / sqrt(hd)) v_s over keys s < nkeys, key and value s
+ * at k0/v0 + s * kstride; p is scratch for nkeys scores. Returns the row's log-sum-exp. */
+double qt_attn_cpu_row(const double *qr, const double *k0, const double *v0, int64_t kstride,
+                       int nkeys, int hd, double *p, double *orow);
+
 /* out, lse = causal softmax(q k^T * scale) v; out has q's dtype. */
 void qt_cuda_attention_fwd(qt_ctx *c, qt_tensor *out, qt_tensor *lse, const qt_tensor *q,
                            const qt_tensor *k, const qt_tensor *v, int B, int T, int nh, int nkv,
@@ -24,6 +31,12 @@ void qt_cuda_attention_bwd(qt_ctx *c, const qt_tensor *dout, const qt_tensor *ou
                            const qt_tensor *lse, qt_tensor *dsum, const qt_tensor *q,
                            const qt_tensor *k, const qt_tensor *v, qt_tensor *dq, qt_tensor *dk,
                            qt_tensor *dv, int B, int T, int nh, int nkv, int hd);
+
+/* out = attention of q's Tq rows (positions past..past+Tq-1) over the caches' rows
+ * b*Tmax + 0..past+t; out has q's dtype. */
+void qt_cuda_attention_kv(qt_ctx *c, qt_tensor *out, const qt_tensor *q, const qt_tensor *kc,
+                          const qt_tensor *vc, int B, int Tq, int past, int Tmax, int nh, int nkv,
+                          int hd);
 
 #ifdef __cplusplus
 }

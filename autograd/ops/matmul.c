@@ -22,6 +22,9 @@ static const double *cpu_op(qt_ctx *c, const double *x, bool t, int64_t rows, in
 static void cpu_gemm(qt_ctx *c, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
                      const double *a, const double *b, double *y) {
     const double *A = cpu_op(c, a, ta, M, K), *B = cpu_op(c, b, tb, K, N);
+    /* Rows are independent and each is summed in the same order by whichever thread owns
+     * it: results are bit-identical for any thread count. */
+#pragma omp parallel for schedule(static) if (M * N * K > (1 << 20))
     for (int64_t i = 0; i < M; i++) {
         double *yi = y + i * N;
         for (int64_t k = 0; k < K; k++) {

@@ -1,0 +1,301 @@
+/* The training loop behind `qtrain CONFIG.yaml`: set up the context and model, train the
+ * LoRA adapters with AdamW over micro-batches and gradient accumulation, report progress
+ * and metrics, and write the adapter. Data comes from a batch source (batches.c). */
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "batches.h"
+#include "optim/optim.h"
+#include "trainer.h"
+
+static volatile sig_atomic_t g_stop;
+static void on_signal(int sig) { g_stop = sig; }
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* ---- memory budgets */
+
+/* Bytes of the frozen weights the model will hold (dense in dt, or NF4). */
+static size_t weight_bytes(const hf_config *h, const llm_load_opts *o) {
+    size_t es = qt_dtype_size(o->dtype);
+    int64_t H = h->hidden_size, I = h->intermediate_size, hd = h->head_dim;
+    int64_t qd = (int64_t)h->num_attention_heads * hd, kvd = (int64_t)h->num_key_value_heads * hd;
+    int64_t lin = qd * H * 2 + kvd * H * 2 + 3 * I * H;
+    size_t per_layer = (o->nf4 ? nf4_bytes(lin, o->double_quant) + 7 * 4096 : (size_t)lin * es) + 2 * (size_t)H * es;
+    size_t emb = (size_t)h->vocab_size * H * es * (h->tie_word_embeddings ? 1 : 2);
+    return (size_t)h->num_hidden_layers * per_layer + emb + (size_t)H * es;
+}
+
+static size_t lora_bytes(const hf_config *h, const qt_config *cfg) {
+    int64_t H = h->hidden_size, I = h->intermediate_size, hd = h->head_dim, r = cfg->lora.r;
+    int64_t qd = (int64_t)h->num_attention_heads * hd, kvd = (int64_t)h->num_key_value_heads * hd;
+    const int64_t in[LIN_N] = {H, H, H, qd, H, H, I}, out[LIN_N] = {qd, kvd, kvd, H, I, I, H};
+    int64_t n = 0;
+    for (int k = 0; k < LIN_N; k++)
+        if (cfg->lora.targets & (1u << k)) n += r * (in[k] + out[k]);
+    return (size_t)n * (size_t)h->num_hidden_layers * 4; /* F32 */
+}
+
+/* PERSIST holds weights, LoRA params + grads, AdamW moments (unless paged); work holds one
+ * dequantized projection; STEP gets the rest of the budget. The planner of the 70B issue
+ * refines this; here the split is checked up front so a run never dies mid-way on it. */
+static int plan_budgets(const qt_config *cfg, const hf_config *h, const llm_load_opts *lo, qt_ctx_opts *co,
+                        qt_err *e) {
+    size_t w = weight_bytes(h, lo), lb = lora_bytes(h, cfg);
+    size_t opt = cfg->memory.paged_optimizer ? 2 * (size_t)cfg->memory.optimizer_gpu_bytes : 2 * lb;
+    size_t headers = (size_t)h->num_hidden_layers * 64 * 1024;
+    co->persist_budget = w + 2 * lb + opt + headers + ((size_t)64 << 20);
+    int64_t maxlin = (int64_t)h->intermediate_size * h->hidden_size;
+    co->work_budget = (size_t)maxlin * qt_dtype_size(lo->dtype) + ((size_t)1 << 20);
+    if (co->dev == QT_CPU) {
+        co->step_budget = (size_t)16 << 30; /* reserved, not committed (MAP_NORESERVE) */
+        return 0;
+    }
+    size_t budget = cfg->memory.gpu_budget;
+    size_t fixed = co->persist_budget + co->work_budget + ((size_t)256 << 20); /* + cuBLAS etc. */
+    if (budget == 0) { /* auto: all but 1 GiB of what the device has free */
+        size_t freeb = qt_cuda_mem_free();
+        budget = freeb > ((size_t)1 << 30) ? freeb - ((size_t)1 << 30) : freeb;
+    }
+    char b1[32], b2[32];
+    if (fixed >= budget)
+        return qt_errf(e, "memory.gpu_budget %s cannot hold the weights, adapters and optimizer (%s); raise "
+                          "the budget, use quant.type: nf4, or memory.paged_optimizer: true",
+                       qt_format_size(budget, b1, sizeof b1), qt_format_size(fixed, b2, sizeof b2));
+    co->step_budget = budget - fixed;
+    return 0;
+}
+
+/* ---- progress */
+
+typedef struct progress {
+    bool tty;
+    FILE *metrics;
+    double t0;
+    int64_t total;
+} progress;
+
+static void fmt_eta(double s, char *buf, size_t n) {
+    if (!isfinite(s) || s < 0) s = 0;
+    int64_t t = (int64_t)(s + 0.5);
+    snprintf(buf, n, "%lld:%02lld:%02lld", (long long)(t / 3600), (long long)(t / 60 % 60), (long long)(t % 60));
+}
+
+static void report(progress *p, int64_t step, double loss, double lr, double gnorm, double tok_s,
+                   int64_t tokens, const qt_ctx *c, double eval_loss, bool log_line) {
+    double el = now_s() - p->t0;
+    double eta = step > 0 ? el / (double)step * (double)(p->total - step) : 0;
+    char eta_s[32], mem[48] = "";
+    fmt_eta(eta, eta_s, sizeof eta_s);
+    double gib = (double)(c->data[QT_PERSIST].peak + c->data[QT_STEP].peak + c->work.peak) / 1073741824.0;
+    if (c->dev == QT_CUDA) snprintf(mem, sizeof mem, " | GPU %.2f GiB", gib);
+    char ev[48] = "";
+    if (!isnan(eval_loss)) snprintf(ev, sizeof ev, " | eval %.4f", eval_loss);
+    if (p->tty) {
+        fprintf(stderr, "\r\033[Kstep %lld/%lld | loss %.4f | lr %.2e | %.0f tok/s | ETA %s%s%s", (long long)step,
+                (long long)p->total, loss, lr, tok_s, eta_s, mem, ev);
+        if (log_line || step == p->total) fputc('\n', stderr);
+    } else if (log_line || step == p->total) {
+        fprintf(stderr, "step %lld/%lld loss %.4f lr %.3e grad_norm %.3f tok/s %.0f eta %s%s%s\n", (long long)step,
+                (long long)p->total, loss, lr, gnorm, tok_s, eta_s, mem, ev);
+    }
+    if (p->metrics) {
+        fprintf(p->metrics,
+                "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens\": %lld, "
+                "\"tok_per_s\": %.1f, \"elapsed_s\": %.3f, \"peak_bytes\": %zu",
+                (long long)step, loss, lr, gnorm, (long long)tokens, tok_s, el,
+                c->data[QT_PERSIST].peak + c->data[QT_STEP].peak + c->work.peak);
+        if (!isnan(eval_loss)) fprintf(p->metrics, ", \"eval_loss\": %.6f", eval_loss);
+        fprintf(p->metrics, "}\n");
+        fflush(p->metrics);
+    }
+}
+
+/* ---- steps */
+
+/* Loss of one micro-batch; backward when train is set (scaled for accumulation). */
+static double micro_step(qt_ctx *c, llm_model *m, const qt_batch *b, bool train, double scale) {
+    qt_ctx_step_reset(c);
+    c->grad_enabled = train;
+    int64_t n[1] = {(int64_t)b->B * b->T};
+    qt_tensor *ids = qt_empty(c, QT_STEP, QT_I32, 1, n);
+    qt_upload(ids, b->ids, QT_I32);
+    qt_tensor *loss = llm_loss(c, m, ids, b->labels, b->B, b->T);
+    if (train) qt_backward(c, scale == 1.0 ? loss : qt_scale(c, loss, scale), NULL);
+    float lv;
+    qt_download(loss, &lv, QT_F32);
+    c->grad_enabled = true;
+    return lv;
+}
+
+static double eval_loss(qt_ctx *c, llm_model *m, qt_batches *src) {
+    if (!src || qt_batches_count(src) == 0) return NAN;
+    double sum = 0;
+    int64_t n = qt_batches_count(src);
+    qt_batch b;
+    for (int64_t i = 0; i < n; i++) {
+        qt_batches_get(src, i, &b);
+        sum += micro_step(c, m, &b, false, 1.0);
+    }
+    return sum / (double)n;
+}
+
+static int save_adapter(const qt_config *cfg, llm_model *m, qt_ctx *c, qt_err *e) {
+    const char *targets[LIN_N];
+    int nt = 0;
+    for (int k = 0; k < LIN_N; k++)
+        if (m->lora.targets & (1u << k)) targets[nt++] = llm_lin_names[k];
+    peft_adapter_info info = {.r = m->lora.r, .alpha = m->lora.alpha, .dropout = m->lora.dropout,
+                              .rslora = m->lora.rslora, .targets = targets, .n_targets = nt,
+                              .base_model = cfg->model.path[0] ? cfg->model.path : NULL};
+    st_wtensor *t = calloc((size_t)m->n_lora_params, sizeof *t);
+    float **host = calloc((size_t)m->n_lora_params, sizeof *host);
+    QT_CHECK(t && host, "out of host memory");
+    for (int i = 0; i < m->n_lora_params; i++) {
+        qt_tensor *p = m->lora_params[i];
+        host[i] = malloc(qt_nbytes(p));
+        QT_CHECK(host[i], "out of host memory");
+        qt_download(p, host[i], QT_F32);
+        t[i] = (st_wtensor){.name = p->name, .dtype = ST_F32, .ndim = 2, .shape = {p->shape[0], p->shape[1]},
+                            .data = host[i]};
+    }
+    char dir[QT_CFG_PATH_MAX + 16];
+    snprintf(dir, sizeof dir, "%s/adapter", cfg->output.dir);
+    int rc = peft_save(dir, &info, t, m->n_lora_params, e);
+    for (int i = 0; i < m->n_lora_params; i++) free(host[i]);
+    free(host);
+    free(t);
+    (void)c;
+    return rc;
+}
+
+int qt_train(const qt_config *cfg, qt_train_result *res, qt_err *e) {
+    memset(res, 0, sizeof *res);
+    res->first_eval = res->last_eval = NAN;
+    llm_load_opts lo = {.dtype = cfg->model.dtype, .nf4 = cfg->quant.type == QT_QUANT_NF4,
+                        .double_quant = cfg->quant.double_quant};
+    hf_config h;
+    if (cfg->model.synthetic[0] ? qt_synthetic_config(cfg->model.synthetic, &h, e)
+                                : hf_config_load(&h, cfg->model.path, e))
+        return -1;
+    qt_ctx_opts co = {.dev = cfg->train.device};
+    if (plan_budgets(cfg, &h, &lo, &co, e) != 0) return -1;
+    qt_ctx c;
+    if (qt_ctx_init(&c, &co) != 0) return qt_errf(e, "cannot set up the %s context (see above)",
+                                                   qt_device_name(co.dev));
+    llm_model m;
+    int rc = cfg->model.synthetic[0] ? qt_synthetic_model(&m, &c, cfg->model.synthetic, &lo, (uint64_t)cfg->train.seed, e)
+                                     : llm_load(&m, &c, cfg->model.path, &lo, e);
+    if (rc != 0) {
+        qt_ctx_free(&c);
+        return -1;
+    }
+    m.grad_checkpointing = cfg->train.grad_checkpointing;
+    llm_lora_cfg lc = {.r = (int)cfg->lora.r, .alpha = cfg->lora.alpha, .dropout = cfg->lora.dropout,
+                       .rslora = cfg->lora.rslora, .targets = cfg->lora.targets,
+                       .seed = (uint64_t)cfg->lora.init_seed};
+    qt_batches *train = NULL, *evalb = NULL;
+    qt_adamw opt = {0};
+    progress pr = {.tty = isatty(2) != 0, .t0 = now_s()};
+    if (cfg->lora.dropout > 0) fprintf(stderr, "qtrain: note: lora.dropout is not applied yet (training as with 0)\n");
+    rc = llm_add_lora(&m, &c, &lc, e);
+    if (rc == 0) rc = qt_batches_open(cfg, &m, &train, &evalb, e);
+    qt_adamw_cfg oc = {.beta1 = cfg->train.adam_beta1, .beta2 = cfg->train.adam_beta2, .eps = cfg->train.adam_eps,
+                       .weight_decay = cfg->train.weight_decay, .max_grad_norm = cfg->train.max_grad_norm,
+                       .paged = cfg->memory.paged_optimizer, .gpu_bytes = cfg->memory.optimizer_gpu_bytes};
+    if (rc == 0) rc = qt_adamw_init(&opt, &c, m.lora_params, m.n_lora_params, &oc, e);
+    if (rc == 0) rc = ck_mkdirs(cfg->output.dir, e);
+    if (rc == 0) {
+        char path[QT_CFG_PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->output.dir);
+        pr.metrics = fopen(path, "a");
+        if (!pr.metrics) rc = qt_errf(e, "cannot open %s for appending", path);
+    }
+    if (rc != 0) goto done;
+
+    int64_t ga = cfg->train.grad_accum, per_epoch = qt_batches_count(train) / ga;
+    int64_t total = cfg->train.steps > 0 ? cfg->train.steps : (int64_t)ceil(cfg->train.epochs * (double)per_epoch);
+    if (total < 1) total = 1;
+    pr.total = total;
+    qt_lr_sched sch = {.kind = (qt_lr_kind)cfg->train.lr_schedule, .lr = cfg->train.lr,
+                       .warmup_steps = cfg->train.warmup_steps, .total_steps = total,
+                       .min_ratio = cfg->train.min_lr_ratio};
+    char desc[256];
+    hf_config_describe(&m.cfg, desc, sizeof desc);
+    fprintf(stderr, "qtrain: %s on %s, %s weights %.1f MiB, LoRA r=%d (%d tensors), %lld steps x %lld x %d x %d tokens\n",
+            desc, qt_device_name(c.dev), lo.nf4 ? "nf4" : qt_dtype_name(lo.dtype),
+            (double)llm_weight_bytes(&m) / 1048576.0, lc.r, m.n_lora_params, (long long)total, (long long)ga,
+            (int)cfg->train.micro_batch, (int)cfg->data.seq_len);
+    void (*old_int)(int) = signal(SIGINT, on_signal), (*old_term)(int) = signal(SIGTERM, on_signal);
+    g_stop = 0;
+    int64_t tokens = 0, bad_run = 0, cursor = 0;
+    double t_train = 0;
+    qt_batch b;
+    for (int64_t step = 0; step < total && !g_stop; step++) {
+        double t0 = now_s(), loss = 0;
+        qt_zero_grads(&c, m.lora_params, m.n_lora_params);
+        for (int64_t k = 0; k < ga; k++) {
+            qt_batches_get(train, cursor++ % qt_batches_count(train), &b);
+            loss += micro_step(&c, &m, &b, true, 1.0 / (double)ga) / (double)ga;
+            tokens += (int64_t)b.B * b.T;
+        }
+        double gn = qt_adamw_grad_norm(&opt), lr = qt_lr_at(&sch, step);
+        if (!isfinite(loss) || !isfinite(gn)) {
+            res->skipped_steps++;
+            fprintf(stderr, "\nqtrain: step %lld: non-finite %s; step skipped (%lld in a row)\n", (long long)step + 1,
+                    isfinite(loss) ? "gradients" : "loss", (long long)bad_run + 1);
+            if (++bad_run > cfg->train.max_nonfinite_steps) {
+                rc = qt_errf(e, "%lld non-finite steps in a row (train.max_nonfinite_steps = %lld): stopping; "
+                                "lower train.lr or check the data", (long long)bad_run,
+                             (long long)cfg->train.max_nonfinite_steps);
+                break;
+            }
+            continue;
+        }
+        bad_run = 0;
+        qt_adamw_step(&opt, lr, gn);
+        qt_ctx_sync(&c);
+        t_train += now_s() - t0;
+        res->steps = step + 1;
+        if (step == 0) res->first_loss = loss;
+        res->last_loss = loss;
+        double ev = NAN;
+        bool do_eval = evalb && ((cfg->train.eval_every > 0 && (step + 1) % cfg->train.eval_every == 0) ||
+                                 step + 1 == total || step == 0);
+        if (do_eval) {
+            ev = eval_loss(&c, &m, evalb);
+            if (isnan(res->first_eval)) res->first_eval = ev;
+            res->last_eval = ev;
+        }
+        bool line = cfg->train.log_every > 0 && ((step + 1) % cfg->train.log_every == 0 || step == 0);
+        report(&pr, step + 1, loss, lr, gn, (double)tokens / t_train, tokens, &c, ev, line || do_eval);
+    }
+    signal(SIGINT, old_int);
+    signal(SIGTERM, old_term);
+    res->interrupted = g_stop != 0;
+    res->tokens_per_s = t_train > 0 ? (double)tokens / t_train : 0;
+    res->peak_device_bytes = c.data[QT_PERSIST].peak + c.data[QT_STEP].peak + c.work.peak;
+    if (rc == 0 && res->steps > 0) {
+        rc = save_adapter(cfg, &m, &c, e);
+        if (rc == 0) fprintf(stderr, "qtrain: adapter written to %s/adapter (PEFT format)\n", cfg->output.dir);
+    }
+    if (res->interrupted)
+        fprintf(stderr, "qtrain: stopped by signal %d after step %lld\n", (int)g_stop, (long long)res->steps);
+done:
+    if (pr.metrics) fclose(pr.metrics);
+    qt_adamw_free(&opt);
+    qt_batches_free(train);
+    qt_batches_free(evalb);
+    llm_free(&m);
+    qt_ctx_free(&c);
+    return rc;
+}
