@@ -10,11 +10,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$root/build}
 shift 2>/dev/null || true
 libs="$build/lib/libqt_quant.a $build/lib/libqt_autograd.a"
-extra="-lm"
+extra="-lm -fopenmp"
 cflags=""
 if nm "$build/lib/libqt_autograd.a" 2>/dev/null | grep -q cudaMalloc; then
   cuda=${CUDA_HOME:-/usr/local/cuda}
-  extra="-L$cuda/lib64 -lcudart -lcublasLt -lcublas -lstdc++ -lm -ldl -lpthread -lrt"
+  extra="-L$cuda/lib64 -lcudart -lcublasLt -lcublas -lstdc++ -lm -ldl -lpthread -lrt -fopenmp"
   cflags="-DQT_WITH_CUDA=1"
 fi
 out="$build/bin/nf4_bench"
