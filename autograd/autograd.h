@@ -250,6 +250,10 @@ size_t qt_cuda_mem_free(void);
 qt_tensor *qt_add(qt_ctx *c, qt_tensor *a, qt_tensor *b);
 /* y[n, :] = x[n, :] + b; x [N, C], b [C], same dtype (linear-layer bias) */
 qt_tensor *qt_add_bias(qt_ctx *c, qt_tensor *x, qt_tensor *b);
+/* Inverted dropout: y = x * keep / (1 - p), keep drawn from a hash of (seed, element), so
+ * the same seed gives the same mask on CPU and GPU and in a checkpointed recomputation.
+ * p = 0 returns x itself. */
+qt_tensor *qt_dropout(qt_ctx *c, qt_tensor *x, double p, uint64_t seed);
 /* y = s * a */
 qt_tensor *qt_scale(qt_ctx *c, qt_tensor *a, double s);
 /* y = a converted to dtype dt (gradient converts back) */

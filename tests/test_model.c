@@ -300,6 +300,56 @@ static void check_generate(qt_device dev, const char *name, qt_dtype dt) {
     qt_arena_reset(&c->meta[QT_PERSIST], hmark);
 }
 
+/* With LoRA dropout, a checkpointed layer must replay the same masks when recomputed:
+ * gradients with and without gradient checkpointing are bit-identical on the CPU, and
+ * differ from the no-dropout gradients (the masks really apply). */
+static void check_dropout_ckpt(void) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/llama-gqa", getenv("QTRAIN_SOURCE") ? getenv("QTRAIN_SOURCE") : QT_SOURCE_DIR);
+    qt_ctx *c = tu_ctx(QT_CPU);
+    size_t mark = qt_arena_mark(&c->data[QT_PERSIST]), hmark = qt_arena_mark(&c->meta[QT_PERSIST]);
+    llm_model m;
+    qt_err e;
+    TU_EXPECT(llm_load(&m, c, dir, &(llm_load_opts){.dtype = QT_F32}, &e) == 0, "%s", e.msg);
+    llm_lora_cfg lc = {.r = 4, .alpha = 8, .dropout = 0.2, .targets = LLM_TARGETS_ALL, .seed = 3};
+    TU_EXPECT(llm_add_lora(&m, c, &lc, &e) == 0, "%s", e.msg);
+    for (int i = 1; i < m.n_lora_params; i += 2) qt_fill_uniform(m.lora_params[i], tu_rng(), -0.1, 0.1); /* B != 0 */
+    ref r;
+    load_ref(&r, dir, "");
+    m.training = true;
+    m.dropout_seed = qt_rng_next(tu_rng());
+    float *g[3];
+    for (int run = 0; run < 3; run++) {
+        m.grad_checkpointing = run == 1;
+        m.lora.dropout = run == 2 ? 0.0 : 0.2;
+        qt_zero_grads(c, m.lora_params, m.n_lora_params);
+        qt_ctx_step_reset(c);
+        qt_backward(c, llm_loss(c, &m, ids_tensor(c, &r), r.labels, r.B, r.T), NULL);
+        size_t n = 0;
+        for (int i = 0; i < m.n_lora_params; i++) n += (size_t)m.lora_params[i]->numel;
+        g[run] = malloc(n * sizeof(float));
+        for (int i = 0, off = 0; i < m.n_lora_params; off += (int)m.lora_params[i]->numel, i++)
+            qt_download(m.lora_params[i]->grad, g[run] + off, QT_F32);
+        if (run == 2) {
+            size_t same01 = 0, diff02 = 0;
+            for (size_t j = 0; j < n; j++) {
+                same01 += g[0][j] == g[1][j];
+                diff02 += g[0][j] != g[2][j];
+            }
+            printf("  dropout 0.2: %zu/%zu gradient values identical with and without checkpointing; %zu differ from p=0\n",
+                   same01, n, diff02);
+            TU_EXPECT(same01 == n, "checkpoint recomputation did not replay the dropout masks");
+            TU_EXPECT(diff02 > n / 2, "dropout had no effect on the gradients");
+        }
+    }
+    for (int run = 0; run < 3; run++) free(g[run]);
+    free_ref(&r);
+    qt_ctx_step_reset(c);
+    llm_free(&m);
+    qt_arena_reset(&c->data[QT_PERSIST], mark);
+    qt_arena_reset(&c->meta[QT_PERSIST], hmark);
+}
+
 static bool have_fixtures(void) {
     char path[512];
     snprintf(path, sizeof path, "%s/tests/fixtures/models/%s/reference.safetensors",
@@ -314,6 +364,7 @@ int qt_test_cpu(void) {
     check_lora("llama-gqa", true);
     check_lora("qwen2-bias", false);
     for (int i = 0; i < NMODELS; i++) check_generate(QT_CPU, models[i], QT_F32);
+    check_dropout_ckpt();
     return 0;
 }
 

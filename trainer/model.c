@@ -80,6 +80,7 @@ int llm_load(llm_model *m, qt_ctx *c, const char *dir, const llm_load_opts *o, q
             llm_linear *lin = &L->lin[k];
             lin->out = (int)dims[k][0];
             lin->in = (int)dims[k][1];
+            lin->id = (uint32_t)(l * LIN_N + k);
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, llm_lin_parent(k), llm_lin_names[k]);
             rc = load_linear(c, &sm, name, o, dims[k], lin, e);
             bool bias = k <= LIN_V ? h->has_qkv_bias : k == LIN_O ? h->has_o_bias : h->has_mlp_bias;
@@ -152,12 +153,14 @@ int llm_add_lora(llm_model *m, qt_ctx *c, const llm_lora_cfg *lc, qt_err *e) {
 
 /* ---- forward */
 
-static qt_tensor *linear(qt_ctx *c, const llm_linear *lin, qt_tensor *x) {
+static qt_tensor *linear(qt_ctx *c, const llm_model *m, const llm_linear *lin, qt_tensor *x) {
     qt_tensor *y = lin->wq ? nf4_linear(c, x, lin->wq) : qt_matmul(c, x, lin->w, false, true);
     if (lin->b) y = qt_add_bias(c, y, lin->b);
     if (!lin->lora_a) return y;
     /* The adapter runs in float32 (PEFT keeps A, B in fp32 and casts the result back). */
     qt_tensor *xf = x->dtype == QT_F32 ? x : qt_cast(c, x, QT_F32);
+    if (m->training && m->lora.dropout > 0)
+        xf = qt_dropout(c, xf, m->lora.dropout, m->dropout_seed ^ (0x9e3779b97f4a7c15ull * (lin->id + 1)));
     qt_tensor *t = qt_matmul(c, xf, lin->lora_a, false, true);
     qt_tensor *u = qt_scale(c, qt_matmul(c, t, lin->lora_b, false, true), lin->lora_scale);
     if (y->dtype != QT_F32) u = qt_cast(c, u, y->dtype);
@@ -176,14 +179,14 @@ static qt_tensor *layer_forward(qt_ctx *c, qt_tensor *x, void *user) {
     const llm_layer *L = lc->L;
     int nh = h->num_attention_heads, nkv = h->num_key_value_heads, hd = h->head_dim;
     qt_tensor *a = qt_rmsnorm(c, x, L->attn_norm, h->rms_norm_eps);
-    qt_tensor *q = qt_rope_apply(c, linear(c, &L->lin[LIN_Q], a), &h->rope, lc->B, lc->T, nh, 0);
-    qt_tensor *k = qt_rope_apply(c, linear(c, &L->lin[LIN_K], a), &h->rope, lc->B, lc->T, nkv, 0);
-    qt_tensor *v = linear(c, &L->lin[LIN_V], a);
+    qt_tensor *q = qt_rope_apply(c, linear(c, lc->m, &L->lin[LIN_Q], a), &h->rope, lc->B, lc->T, nh, 0);
+    qt_tensor *k = qt_rope_apply(c, linear(c, lc->m, &L->lin[LIN_K], a), &h->rope, lc->B, lc->T, nkv, 0);
+    qt_tensor *v = linear(c, lc->m, &L->lin[LIN_V], a);
     qt_tensor *att = qt_attention(c, q, k, v, lc->B, lc->T, nh, nkv, hd);
-    x = qt_add(c, x, linear(c, &L->lin[LIN_O], att));
+    x = qt_add(c, x, linear(c, lc->m, &L->lin[LIN_O], att));
     qt_tensor *f = qt_rmsnorm(c, x, L->mlp_norm, h->rms_norm_eps);
-    qt_tensor *g = qt_swiglu(c, linear(c, &L->lin[LIN_GATE], f), linear(c, &L->lin[LIN_UP], f));
-    return qt_add(c, x, linear(c, &L->lin[LIN_DOWN], g));
+    qt_tensor *g = qt_swiglu(c, linear(c, lc->m, &L->lin[LIN_GATE], f), linear(c, lc->m, &L->lin[LIN_UP], f));
+    return qt_add(c, x, linear(c, lc->m, &L->lin[LIN_DOWN], g));
 }
 
 qt_tensor *llm_forward(qt_ctx *c, llm_model *m, qt_tensor *ids, int B, int T) {
@@ -269,16 +272,16 @@ qt_tensor *llm_forward_kv(qt_ctx *c, llm_model *m, llm_kv *kv, qt_tensor *ids, i
     for (int l = 0; l < h->num_hidden_layers; l++) {
         const llm_layer *L = &m->layers[l];
         qt_tensor *a = qt_rmsnorm(c, x, L->attn_norm, h->rms_norm_eps);
-        qt_tensor *q = qt_rope_apply(c, linear(c, &L->lin[LIN_Q], a), &h->rope, B, Tq, nh, kv->past);
-        qt_tensor *k = qt_rope_apply(c, linear(c, &L->lin[LIN_K], a), &h->rope, B, Tq, nkv, kv->past);
-        qt_tensor *v = linear(c, &L->lin[LIN_V], a);
+        qt_tensor *q = qt_rope_apply(c, linear(c, m, &L->lin[LIN_Q], a), &h->rope, B, Tq, nh, kv->past);
+        qt_tensor *k = qt_rope_apply(c, linear(c, m, &L->lin[LIN_K], a), &h->rope, B, Tq, nkv, kv->past);
+        qt_tensor *v = linear(c, m, &L->lin[LIN_V], a);
         kv_append(kv->k[l], k, B, Tq, kv->past, kv->Tmax);
         kv_append(kv->v[l], v, B, Tq, kv->past, kv->Tmax);
         qt_tensor *att = qt_attention_kv(c, q, kv->k[l], kv->v[l], B, Tq, kv->past, kv->Tmax, nh, nkv, hd);
-        x = qt_add(c, x, linear(c, &L->lin[LIN_O], att));
+        x = qt_add(c, x, linear(c, m, &L->lin[LIN_O], att));
         qt_tensor *f = qt_rmsnorm(c, x, L->mlp_norm, h->rms_norm_eps);
-        qt_tensor *g = qt_swiglu(c, linear(c, &L->lin[LIN_GATE], f), linear(c, &L->lin[LIN_UP], f));
-        x = qt_add(c, x, linear(c, &L->lin[LIN_DOWN], g));
+        qt_tensor *g = qt_swiglu(c, linear(c, m, &L->lin[LIN_GATE], f), linear(c, m, &L->lin[LIN_UP], f));
+        x = qt_add(c, x, linear(c, m, &L->lin[LIN_DOWN], g));
     }
     kv->past += Tq;
     x = qt_rmsnorm(c, x, m->norm, h->rms_norm_eps);

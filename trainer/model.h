@@ -34,6 +34,7 @@ typedef struct llm_linear {
     nf4_tensor *wq;
     qt_tensor *lora_a, *lora_b; /* [r, in], [out, r]; NULL when not adapted */
     double lora_scale;
+    uint32_t id;                /* layer * LIN_N + kind: decorrelates dropout masks */
 } llm_linear;
 
 typedef struct llm_layer {
@@ -47,6 +48,8 @@ typedef struct llm_model {
     qt_tensor *embed, *norm, *lm_head; /* lm_head == embed when tied */
     llm_layer *layers;
     bool grad_checkpointing;
+    bool training;          /* LoRA dropout on (set per micro-batch by the trainer) */
+    uint64_t dropout_seed;  /* new for every micro-batch; replayed by checkpoint recomputes */
     llm_lora_cfg lora;
     qt_tensor **lora_params; /* A then B, layer by layer, projection order */
     int n_lora_params;

@@ -90,6 +90,7 @@ int qt_synthetic_model(llm_model *m, qt_ctx *c, const char *name, const llm_load
             llm_linear *lin = &L->lin[k];
             lin->out = (int)dims[k][0];
             lin->in = (int)dims[k][1];
+            lin->id = (uint32_t)(l * LIN_N + k);
             snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.weight", l, llm_lin_parent(k), llm_lin_names[k]);
             if (!o->nf4) {
                 lin->w = rand_weight(c, &r, nm, dt, 2, dims[k], QT_PERSIST);

@@ -126,6 +126,7 @@ static void report(progress *p, int64_t step, double loss, double lr, double gno
 static double micro_step(qt_ctx *c, llm_model *m, const qt_batch *b, bool train, double scale) {
     qt_ctx_step_reset(c);
     c->grad_enabled = train;
+    m->training = train;
     int64_t n[1] = {(int64_t)b->B * b->T};
     qt_tensor *ids = qt_empty(c, QT_STEP, QT_I32, 1, n);
     qt_upload(ids, b->ids, QT_I32);
@@ -206,7 +207,6 @@ int qt_train(const qt_config *cfg, qt_train_result *res, qt_err *e) {
     qt_batches *train = NULL, *evalb = NULL;
     qt_adamw opt = {0};
     progress pr = {.tty = isatty(2) != 0, .t0 = now_s()};
-    if (cfg->lora.dropout > 0) fprintf(stderr, "qtrain: note: lora.dropout is not applied yet (training as with 0)\n");
     rc = llm_add_lora(&m, &c, &lc, e);
     if (rc == 0) rc = qt_batches_open(cfg, &m, &train, &evalb, e);
     qt_adamw_cfg oc = {.beta1 = cfg->train.adam_beta1, .beta2 = cfg->train.adam_beta2, .eps = cfg->train.adam_eps,
@@ -244,6 +244,8 @@ int qt_train(const qt_config *cfg, qt_train_result *res, qt_err *e) {
         double t0 = now_s(), loss = 0;
         qt_zero_grads(&c, m.lora_params, m.n_lora_params);
         for (int64_t k = 0; k < ga; k++) {
+            /* the dropout mask of micro-batch `cursor` depends only on the seed and cursor */
+            m.dropout_seed = (uint64_t)cfg->train.seed * 0x9e3779b97f4a7c15ull + (uint64_t)cursor;
             qt_batches_get(train, cursor++ % qt_batches_count(train), &b);
             loss += micro_step(&c, &m, &b, true, 1.0 / (double)ga) / (double)ga;
             tokens += (int64_t)b.B * b.T;
