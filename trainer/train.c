@@ -138,13 +138,15 @@ static double micro_step(qt_ctx *c, llm_model *m, const qt_batch *b, bool train,
     return lv;
 }
 
+/* Mean loss over the eval split (each batch's mean, averaged; the padded tail batch has
+ * -100 labels on its padding rows, so they do not count). */
 static double eval_loss(qt_ctx *c, llm_model *m, qt_batches *src) {
-    if (!src || qt_batches_count(src) == 0) return NAN;
+    int64_t n = qt_batches_eval_count(src);
+    if (n == 0) return NAN;
     double sum = 0;
-    int64_t n = qt_batches_count(src);
     qt_batch b;
     for (int64_t i = 0; i < n; i++) {
-        qt_batches_get(src, i, &b);
+        qt_batches_eval(src, i, &b);
         sum += micro_step(c, m, &b, false, 1.0);
     }
     return sum / (double)n;
@@ -204,11 +206,11 @@ int qt_train(const qt_config *cfg, qt_train_result *res, qt_err *e) {
     llm_lora_cfg lc = {.r = (int)cfg->lora.r, .alpha = cfg->lora.alpha, .dropout = cfg->lora.dropout,
                        .rslora = cfg->lora.rslora, .targets = cfg->lora.targets,
                        .seed = (uint64_t)cfg->lora.init_seed};
-    qt_batches *train = NULL, *evalb = NULL;
+    qt_batches data = {0};
     qt_adamw opt = {0};
     progress pr = {.tty = isatty(2) != 0, .t0 = now_s()};
     rc = llm_add_lora(&m, &c, &lc, e);
-    if (rc == 0) rc = qt_batches_open(cfg, &m, &train, &evalb, e);
+    if (rc == 0) rc = qt_batches_open(&data, cfg, &m, e);
     qt_adamw_cfg oc = {.beta1 = cfg->train.adam_beta1, .beta2 = cfg->train.adam_beta2, .eps = cfg->train.adam_eps,
                        .weight_decay = cfg->train.weight_decay, .max_grad_norm = cfg->train.max_grad_norm,
                        .paged = cfg->memory.paged_optimizer, .gpu_bytes = cfg->memory.optimizer_gpu_bytes};
@@ -222,7 +224,7 @@ int qt_train(const qt_config *cfg, qt_train_result *res, qt_err *e) {
     }
     if (rc != 0) goto done;
 
-    int64_t ga = cfg->train.grad_accum, per_epoch = qt_batches_count(train) / ga;
+    int64_t ga = cfg->train.grad_accum, per_epoch = qt_batches_per_epoch(&data) / ga;
     int64_t total = cfg->train.steps > 0 ? cfg->train.steps : (int64_t)ceil(cfg->train.epochs * (double)per_epoch);
     if (total < 1) total = 1;
     pr.total = total;
@@ -246,7 +248,8 @@ int qt_train(const qt_config *cfg, qt_train_result *res, qt_err *e) {
         for (int64_t k = 0; k < ga; k++) {
             /* the dropout mask of micro-batch `cursor` depends only on the seed and cursor */
             m.dropout_seed = (uint64_t)cfg->train.seed * 0x9e3779b97f4a7c15ull + (uint64_t)cursor;
-            qt_batches_get(train, cursor++ % qt_batches_count(train), &b);
+            cursor++;
+            qt_batches_next(&data, &b);
             loss += micro_step(&c, &m, &b, true, 1.0 / (double)ga) / (double)ga;
             tokens += (int64_t)b.B * b.T;
         }
@@ -271,10 +274,10 @@ int qt_train(const qt_config *cfg, qt_train_result *res, qt_err *e) {
         if (step == 0) res->first_loss = loss;
         res->last_loss = loss;
         double ev = NAN;
-        bool do_eval = evalb && ((cfg->train.eval_every > 0 && (step + 1) % cfg->train.eval_every == 0) ||
+        bool do_eval = qt_batches_eval_count(&data) > 0 && ((cfg->train.eval_every > 0 && (step + 1) % cfg->train.eval_every == 0) ||
                                  step + 1 == total || step == 0);
         if (do_eval) {
-            ev = eval_loss(&c, &m, evalb);
+            ev = eval_loss(&c, &m, &data);
             if (isnan(res->first_eval)) res->first_eval = ev;
             res->last_eval = ev;
         }
@@ -295,8 +298,7 @@ int qt_train(const qt_config *cfg, qt_train_result *res, qt_err *e) {
 done:
     if (pr.metrics) fclose(pr.metrics);
     qt_adamw_free(&opt);
-    qt_batches_free(train);
-    qt_batches_free(evalb);
+    qt_batches_close(&data);
     llm_free(&m);
     qt_ctx_free(&c);
     return rc;
