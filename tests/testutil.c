@@ -234,6 +234,12 @@ int tu_cuda_parity(const char *name, tu_fn f, qt_tensor **in, int n_in, void *us
         qt_backward(cc, co, co->numel == 1 ? NULL : cseed);
         for (int i = 0; i < n_in; i++) {
             if (!gi[i]->requires_grad) continue;
+            if (!gi[i]->grad || !ci[i]->grad) {
+                printf("  cuda %-14s %-5s grad of input %d: missing on the %s  <-- FAIL\n", name, qt_dtype_name(dt), i,
+                       gi[i]->grad ? "CPU" : "GPU");
+                fails++;
+                continue;
+            }
             double eg = tu_rel_err(gi[i]->grad, ci[i]->grad);
             bool okg = eg <= tol_grad && tu_all_finite(gi[i]->grad);
             printf("  cuda %-14s %-5s grad of input %d %-12s rel err %.2e (tol %.0e)%s\n", name,

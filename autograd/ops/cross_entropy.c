@@ -73,6 +73,7 @@ static void ce_cpu_bwd(qt_ctx *c, qt_node *n) {
     int64_t N = logits->shape[0], V = logits->shape[1];
     const int32_t *tg = targets->data;
     int64_t count = count_rows(tg, N, V, ignore_index);
+    qt_tensor *grad = qt_grad(c, logits); /* exists (zero) even when every row is ignored, as on the GPU */
     if (count == 0) return;
     size_t m0 = qt_scratch_mark(c);
     const double *X = qt_cpu_load(c, logits);
@@ -84,7 +85,7 @@ static void ce_cpu_bwd(qt_ctx *c, qt_node *n) {
         double L = row_lse(x, V), coef = g / (double)count;
         for (int64_t j = 0; j < V; j++) dX[r * V + j] = coef * (exp(x[j] - L) - (j == tg[r]));
     }
-    qt_cpu_accum(qt_grad(c, logits), dX);
+    qt_cpu_accum(grad, dX);
     qt_scratch_reset(c, m0);
 }
 
