@@ -24,16 +24,14 @@ def sample_ids(model, n, seed):
     import torch
     g = torch.Generator().manual_seed(seed)
     ids = [1]
+    # A full forward per token (no KV cache): slow but with no cache-API subtleties; windows
+    # of at most 256 tokens keep positions inside the model's trained range (512).
     with torch.no_grad():
-        past = None
-        x = torch.tensor([[1]])
         for _ in range(n - 1):
-            out = model(input_ids=x, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            p = torch.softmax(out.logits[0, -1].double(), -1)
-            t = int(torch.multinomial(p, 1, generator=g))
-            ids.append(t)
-            x = torch.tensor([[t]])
+            ctx = ids[-256:]
+            logits = model(input_ids=torch.tensor([ctx])).logits
+            p = torch.softmax(logits[0, -1].double(), -1)
+            ids.append(int(torch.multinomial(p, 1, generator=g)))
     return ids
 
 
