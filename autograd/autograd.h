@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -141,6 +142,11 @@ void qt_upload(qt_tensor *t, const void *src, qt_dtype src_dtype);
 void qt_download(const qt_tensor *t, void *dst, qt_dtype dst_dtype);
 void qt_copy(qt_tensor *dst, const qt_tensor *src); /* same numel; any devices; float dtypes convert */
 void qt_fill_zero(qt_tensor *t);
+/* Random fills. CPU tensors draw every element from r in order. Float tensors on the GPU
+ * are filled there by a counter-based generator: r advances once per call (one 64-bit key)
+ * and element i is a function of (key, i) alone — SplitMix64 outputs i (uniform) or 2i, 2i+1
+ * (normal, Box–Muller) of a stream started at key — so results are reproducible and need
+ * no host pass, but differ from a CPU fill of the same r. */
 void qt_fill_uniform(qt_tensor *t, qt_rng *r, double lo, double hi);
 void qt_fill_normal(qt_tensor *t, qt_rng *r, double mean, double std);
 
@@ -188,6 +194,7 @@ struct qt_ctx {
     bool grad_enabled;    /* false: ops record nothing (inference, finite differences) */
     bool tf32;
     void *cuda;           /* backend state (stream, cuBLAS handles); NULL on CPU */
+    struct qt_prof *prof; /* op profiler (QTRAIN_PROFILE=1 on CUDA); NULL when off */
 };
 
 /* Returns 0, or -1 after printing why. */
@@ -241,6 +248,35 @@ void qt_cuda_describe(char *buf, size_t n);
 size_t qt_cuda_mem_used(void);
 /* Bytes of device memory free now (0 without CUDA). */
 size_t qt_cuda_mem_free(void);
+
+/* ------------------------------------------------------------------ profiler
+ * With QTRAIN_PROFILE=1 in the environment when a CUDA context is created, a CUDA event is
+ * recorded on the context's stream at every op boundary: the end of each op's forward (in
+ * qt_record), the start and end of each node's backward, and the marks below. The device
+ * time between two consecutive events goes to the op (or mark) that closed the segment, in
+ * its phase, so the table adds up to the stream's whole timeline (idle gaps, e.g. host
+ * syncs, land in the segment where they happen). Events are read back (one sync) at
+ * qt_ctx_step_reset and at print. Unset, nothing is recorded and every hook is one
+ * pointer test. The first QTRAIN_PROFILE_SKIP steps (default 1: one-time set-up costs)
+ * are left out of the totals. */
+typedef enum {
+    QT_PROF_AUTO = -1,  /* forward, recompute or backward, from where the tape is */
+    QT_PROF_FWD = 0,
+    QT_PROF_RECOMPUTE,  /* forward run again inside a checkpoint's backward */
+    QT_PROF_BWD,
+    QT_PROF_OTHER,      /* outside forward/backward: optimizer, data, glue */
+    QT_PROF_NPHASES
+} qt_prof_phase;
+bool qt_profile_enabled(const qt_ctx *c);
+/* The device time since the previous boundary belongs to `label` (a string that outlives
+ * the context, e.g. a literal). No-op when profiling is off. */
+void qt_profile_mark(qt_ctx *c, const char *label, qt_prof_phase ph);
+/* Close the interval since the last call: keep = a training step (added to the totals
+ * unless it is one of the first QTRAIN_PROFILE_SKIP), false = drop it (eval, saving). */
+void qt_profile_step(qt_ctx *c, bool keep);
+/* Table of ms per kept step, share and calls per op, forward / recompute / backward /
+ * other separately, largest first. Prints nothing when profiling is off. */
+void qt_profile_print(qt_ctx *c, FILE *f);
 
 /* ------------------------------------------------------------------ ops
  * Every op returns a new STEP tensor on the inputs' device and records itself.

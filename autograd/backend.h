@@ -20,6 +20,17 @@ int qt_be_ctx_init(qt_ctx *c, const qt_ctx_opts *o);
 void qt_be_ctx_free(qt_ctx *c);
 void qt_be_sync(qt_ctx *c);
 
+/* n elements of float dtype dt at p (device memory): SplitMix64 stream from key; uniform in
+ * [a, b) or normal (mean a, std b). On the legacy default stream, so it is ordered with
+ * every context's (blocking) stream without one being named. */
+void qt_be_fill_random(void *p, qt_dtype dt, int64_t n, uint64_t key, double a, double b, bool normal);
+
+/* Timing events on the context's stream (the profiler). elapsed waits for both events. */
+void *qt_be_event_new(void);
+void qt_be_event_free(void *ev);
+void qt_be_event_record(qt_ctx *c, void *ev);
+float qt_be_event_ms(void *from, void *to);
+
 #ifdef __cplusplus
 }
 #endif

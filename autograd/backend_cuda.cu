@@ -110,4 +110,25 @@ void qt_be_ctx_free(qt_ctx *c) {
 
 void qt_be_sync(qt_ctx *c) { QT_CUDA_CHECK(cudaStreamSynchronize(qt_stream(c))); }
 
+void *qt_be_event_new(void) {
+    cudaEvent_t e;
+    QT_CUDA_CHECK(cudaEventCreate(&e));
+    return (void *)e;
+}
+
+void qt_be_event_free(void *ev) {
+    cudaError_t e = cudaEventDestroy((cudaEvent_t)ev);
+    if (e == cudaErrorCudartUnloading) return;
+    QT_CUDA_CHECK(e);
+}
+
+void qt_be_event_record(qt_ctx *c, void *ev) { QT_CUDA_CHECK(cudaEventRecord((cudaEvent_t)ev, qt_stream(c))); }
+
+float qt_be_event_ms(void *from, void *to) {
+    float ms = 0;
+    QT_CUDA_CHECK(cudaEventSynchronize((cudaEvent_t)to));
+    QT_CUDA_CHECK(cudaEventElapsedTime(&ms, (cudaEvent_t)from, (cudaEvent_t)to));
+    return ms;
+}
+
 } /* extern "C" */

@@ -32,3 +32,11 @@ int qt_be_ctx_init(qt_ctx *c, const qt_ctx_opts *o) {
 }
 void qt_be_ctx_free(qt_ctx *c) { (void)c; }
 void qt_be_sync(qt_ctx *c) { (void)c; }
+void qt_be_fill_random(void *p, qt_dtype dt, int64_t n, uint64_t key, double a, double b, bool normal) {
+    (void)p; (void)dt; (void)n; (void)key; (void)a; (void)b; (void)normal;
+    QT_CHECK(0, "%s", "GPU random fill in a build without CUDA");
+}
+void *qt_be_event_new(void) { QT_CHECK(0, "%s", "CUDA event in a build without CUDA"); }
+void qt_be_event_free(void *ev) { (void)ev; }
+void qt_be_event_record(qt_ctx *c, void *ev) { (void)c; (void)ev; }
+float qt_be_event_ms(void *from, void *to) { (void)from; (void)to; return 0; }

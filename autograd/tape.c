@@ -1,6 +1,7 @@
 /* The context (pools, backend) and the reverse-mode tape. */
 #include "autograd.h"
 #include "backend.h"
+#include "profile.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,10 +26,12 @@ int qt_ctx_init(qt_ctx *c, const qt_ctx_opts *o) {
         qt_ctx_free(c);
         return -1;
     }
+    qt_prof_init(c);
     return 0;
 }
 
 void qt_ctx_free(qt_ctx *c) {
+    if (c->prof) qt_prof_free(c);
     for (int p = 0; p < 2; p++) {
         qt_arena_free(&c->data[p]);
         qt_arena_free(&c->meta[p]);
@@ -41,6 +44,7 @@ void qt_ctx_free(qt_ctx *c) {
 }
 
 void qt_ctx_step_reset(qt_ctx *c) {
+    if (c->prof) qt_prof_resolve(c);
     c->tape_len = 0;
     qt_arena_reset(&c->data[QT_STEP], 0);
     qt_arena_reset(&c->meta[QT_STEP], 0);
@@ -76,6 +80,7 @@ static qt_node *push_node(qt_ctx *c, const char *op, qt_backward_fn bw, qt_tenso
 qt_node *qt_record(qt_ctx *c, const char *op, qt_backward_fn bw, qt_tensor *out, int n_in,
                    qt_tensor *const *in) {
     QT_CHECK(n_in >= 1 && n_in <= QT_MAX_IN, "op %s: %d inputs", op, n_in);
+    if (c->prof) qt_prof_op(c, op); /* every op calls this after launching its forward */
     bool any = false;
     for (int i = 0; i < n_in; i++) any |= in[i] && in[i]->requires_grad;
     if (!c->grad_enabled || !any) return NULL;
@@ -98,7 +103,10 @@ static void backward_range(qt_ctx *c, int start) {
     c->grad_enabled = false; /* backward kernels must not record */
     for (int i = c->tape_len - 1; i >= start; i--) {
         qt_node n = c->tape[i];
-        if (n.out->grad) n.backward(c, &n);
+        if (!n.out->grad) continue;
+        if (c->prof) qt_prof_enter(c, n.op);
+        n.backward(c, &n);
+        if (c->prof) qt_prof_leave(c);
     }
     c->grad_enabled = was;
 }
@@ -140,7 +148,9 @@ static void checkpoint_backward(qt_ctx *c, qt_node *n) {
     xs->requires_grad = x->requires_grad;
     xs->grad = x->grad;
     c->grad_enabled = true;
+    bool was = c->prof ? qt_prof_recompute(c, true) : false;
     qt_tensor *y = e->fn(c, xs, e->user);
+    if (c->prof) qt_prof_recompute(c, was);
     c->grad_enabled = false;
     QT_CHECK(qt_same_shape(y, n->out), "checkpointed function changed its output shape");
     if (y->requires_grad) {

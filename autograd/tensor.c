@@ -202,6 +202,10 @@ void qt_fill_zero(qt_tensor *t) {
 }
 
 static void fill_random(qt_tensor *t, qt_rng *r, double a, double b, bool normal) {
+    if (t->dev == QT_CUDA && qt_dtype_is_float(t->dtype)) { /* counter-based, on the device */
+        qt_be_fill_random(t->data, t->dtype, t->numel, qt_rng_next(r), a, b, normal);
+        return;
+    }
     double *v = malloc((size_t)t->numel * sizeof *v);
     QT_CHECK(v, "out of host memory");
     for (int64_t i = 0; i < t->numel; i++)

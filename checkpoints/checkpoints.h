@@ -4,9 +4,13 @@
  *   1. safetensors: strict mmap reader, sharded Hugging Face models, conversion, writer
  *   2. Hugging Face config.json (Llama / Mistral / Qwen2) and the tensor names and
  *      shapes a config implies
- *   (to come: HDF5 training checkpoints, PEFT adapter export, GGUF writer, merge)
+ *   3. PEFT adapter folder
+ *   4. training checkpoints (HDF5): everything a run needs to continue exactly, with a
+ *      checksum, written atomically, and the identities a resumed run must share
+ *   5. GGUF (llama.cpp): container writer/reader, Llama-family names and metadata
  *
- * Formats: /work/shared/specs/safetensors-peft.md (sections 1-3).
+ * Formats: /work/shared/specs/safetensors-peft.md (sections 1-3); training checkpoints:
+ * docs/checkpoints.md.
  *
  * Errors: every function that reads a user's file or config returns 0 (or a count) on
  * success and -1 on failure, after filling a qt_err with one line that names the file,
@@ -224,6 +228,256 @@ typedef struct peft_adapter_info {
  * base_model.model.model.layers.L.self_attn.q_proj.lora_A.weight, lora_A [r, in],
  * lora_B [out, r]). DIR is created if needed; both files are written durably. */
 int peft_save(const char *dir, const peft_adapter_info *a, const st_wtensor *t, int n, qt_err *e);
+
+/* Reading a PEFT LoRA folder back (qtrain merge / export-adapter): adapter_config.json is
+ * checked for what a plain-LoRA merge can honour (peft_type LORA, no DoRA, no
+ * fan_in_fan_out, bias "none", no modules_to_save, no rank/alpha patterns) and
+ * adapter_model.safetensors must hold, for each adapted (layer, projection), both
+ * base_model.model.model.layers.L.<self_attn|mlp>.<proj>.lora_A.weight [r, in] and lora_B
+ * [out, r] in a float dtype, and nothing else. The safetensors file stays open (tensors
+ * point into it) until peft_close. */
+#define PEFT_NPROJ 7
+extern const char *const peft_proj_names[PEFT_NPROJ]; /* q_proj k_proj v_proj o_proj gate_proj up_proj down_proj */
+
+typedef struct peft_adapter {
+    char *dir;
+    int r;
+    double alpha;
+    bool rslora;
+    double scale;          /* alpha / r, or alpha / sqrt(r) with rslora */
+    double dropout;
+    char *base_model;      /* base_model_name_or_path, or NULL */
+    unsigned targets;      /* bit p: projection p is adapted in at least one layer */
+    int n_layers;          /* 1 + the highest layer index seen */
+    const st_tensor **A, **B; /* [n_layers * PEFT_NPROJ]; NULL where (layer, proj) has none */
+    st_file st;
+} peft_adapter;
+
+int peft_open(peft_adapter *a, const char *dir, qt_err *e);
+void peft_close(peft_adapter *a);
+/* Every adapted projection fits the base model's config: layer < L, A [r, in], B [out, r]. */
+int peft_check_model(const peft_adapter *a, const hf_config *cfg, qt_err *e);
+/* [in, out] of projection p in cfg */
+void peft_proj_dims(const hf_config *cfg, int p, int64_t *in, int64_t *out);
+
+/* ================================================================== 4. training checkpoints
+ *
+ * CKPT_DIR/step-000123.h5 (HDF5; layout, guarantees and limits in docs/checkpoints.md) holds
+ * the LoRA tensors by PEFT name, the AdamW moments and step count, the loop position (which
+ * is the LR-schedule position), the RNG states, the data position, the resolved config and
+ * the identities below, plus a checksum over every dataset. CKPT_DIR/latest names the newest
+ * one. Saving writes STEP.h5.tmp, fsyncs, renames, fsyncs the folder, then rewrites latest
+ * atomically and removes old files: a crash or a full disk at any moment leaves the previous
+ * checkpoint and `latest` intact. */
+
+/* Streaming 64-bit hash (FNV-1a over 64-bit words + murmur3 finalizer): the checkpoint
+ * checksum and the identity hashes. Not cryptographic. */
+typedef struct ck_hash { uint64_t h, len; uint8_t tail[8]; int ntail; } ck_hash;
+void ck_hash_init(ck_hash *s);
+void ck_hash_update(ck_hash *s, const void *data, size_t n);
+uint64_t ck_hash_final(const ck_hash *s);
+uint64_t ck_hash64(const void *data, size_t n);
+/* Feed a whole file (streamed in 1 MiB reads); *size (optional) gets its length. */
+int ck_hash_file(const char *path, ck_hash *s, uint64_t *size, qt_err *e);
+
+#define CK_ID_MAX 512 /* bytes of one identity string, with its NUL */
+
+/* What a run is made of. A resumed run must match all four (ck_identity_mismatch); each is
+ * a short readable string that ends in a hash where a hash is needed, e.g.
+ * "synthetic:tiny" or "config.json + 4 safetensors headers h64:1f2e3d4c5b6a7988". */
+typedef struct ck_identity {
+    char base_model[CK_ID_MAX]; /* ck_model_identity, or the synthetic shape's name */
+    char tokenizer[CK_ID_MAX];  /* hash of tokenizer.json, or "none" */
+    char lora[CK_ID_MAX];       /* r, targets, and a hash of every tensor's name and shape */
+    char data[CK_ID_MAX];       /* hash of the data files and the options that shape rows */
+} ck_identity;
+
+/* Hash of DIR/config.json and the header of every safetensors shard of DIR. */
+int ck_model_identity(const char *dir, char *out, size_t n, qt_err *e);
+/* The first of "base model", "tokenizer", "LoRA shape", "data" that differs (the two values
+ * in *was and *is, either may be NULL), or NULL when the runs agree. */
+const char *ck_identity_mismatch(const ck_identity *saved, const ck_identity *now, const char **was,
+                                 const char **is);
+
+/* One trainable tensor: weights and both AdamW moments as host float32 [shape[0], shape[1]].
+ * Saving reads w, m, v; loading fills them (the caller allocates numel floats each). */
+typedef struct ck_param {
+    const char *name; /* PEFT name: base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight */
+    int64_t shape[2];
+    float *w, *m, *v;
+} ck_param;
+
+#define CK_MAX_RNG 8             /* named RNG streams per checkpoint */
+#define CK_RNG_NAME 32
+#define CK_MAX_CONFIG (1u << 20) /* the config text, as QT_CFG_FILE_MAX */
+#define CK_MAX_BLOB (64u << 20)  /* the data loader's opaque state */
+
+typedef struct ck_rng { char name[CK_RNG_NAME]; uint64_t s[4]; } ck_rng; /* a qt_rng's words */
+
+/* Where the data stream is. epoch/index/seed are qt_loader_pos (data.h) or the trainer's own
+ * batch cursor; `blob` is a slot the data loader may fill with any further state it needs to
+ * resume exactly (stored as /data/loader, bytes, checksummed like the rest; NULL/0 = none). */
+typedef struct ck_data_pos {
+    int64_t epoch, index;
+    uint64_t seed;
+    uint8_t *blob;
+    size_t blob_len;
+} ck_data_pos;
+
+/* Everything but the tensors. */
+typedef struct ck_train_state {
+    int64_t step;          /* loop steps done, skipped ones included: the LR-schedule position */
+    int64_t opt_step;      /* AdamW updates taken (bias corrections) */
+    int64_t micro_batches; /* micro-batches served so far (the trainer's dropout-seed counter) */
+    int64_t tokens;        /* tokens trained on so far */
+    int64_t skipped_steps; /* non-finite steps skipped so far */
+    int64_t nonfinite_run; /* of which at the end, in a row */
+    double first_loss, first_eval; /* of the whole run, for the summary (NaN when none yet) */
+    double last_loss, last_eval;   /* of the last step / eval before the checkpoint (NaN: none) */
+    ck_rng rng[CK_MAX_RNG];
+    int n_rng;
+    ck_data_pos data;
+    char *config;          /* the resolved config (qt_config_print), NUL-terminated */
+    ck_identity id;
+} ck_train_state;
+
+/* Write CKPT_DIR/step-<s->step>.h5 as described above (CKPT_DIR is created), point latest
+ * at it, then keep only the `keep` newest step files (0 = all; files of a higher step, left
+ * by a run that was resumed from an older checkpoint, and stale .tmp files go too). The
+ * file name written goes to name_out (optional, >= 32 bytes). On error: -1, the tmp file
+ * removed, every earlier checkpoint and latest as they were. QTRAIN_TEST_SLOW_SAVE=SECONDS
+ * sleeps before and after the rename (fault tests kill the process there). */
+int ck_train_save(const char *dir, const ck_train_state *s, const ck_param *p, int n, int64_t keep,
+                  char *name_out, qt_err *e);
+
+/* The newest intact checkpoint of CKPT_DIR: the one `latest` names, else (missing, corrupt,
+ * truncated, unreadable) the newest step file whose checksum verifies; each one passed over
+ * is reported on stderr as a warning. Returns 1 with its path in path[n], 0 when the folder
+ * holds no checkpoint (or does not exist), -1 when there are checkpoints but none is intact
+ * (e says why for the newest). */
+int ck_train_find(const char *dir, char *path, size_t n, qt_err *e);
+/* Check the format and the checksum of every dataset (read back in bounded chunks). */
+int ck_train_verify(const char *path, qt_err *e);
+/* Read the state of a checkpoint file (sizes bounded by the CK_MAX_* above). s->config and
+ * s->data.blob are malloc'd: ck_train_state_free. */
+int ck_train_read_state(const char *path, ck_train_state *s, qt_err *e);
+void ck_train_state_free(ck_train_state *s);
+/* Read the tensors into p[0..n): the file must hold exactly these names, each with exactly
+ * p[i].shape (checked before anything is read). */
+int ck_train_read_params(const char *path, const ck_param *p, int n, qt_err *e);
+
+/* ================================================================== 5. GGUF (llama.cpp)
+ * GGUF v3 (shared/specs/gguf.md): a writer that streams tensor data one tensor at a time
+ * (every name, shape and type is declared first: the header holds each tensor's offset),
+ * a strict mmap reader that enforces ggml's loader rules, and the Llama-family pieces:
+ * tensor names, the Q/K row permutation, hyperparameter keys, llama3 rope_freqs and the
+ * tokenizer vocabulary. Merging and quantizing are in trainer/ (qtrain merge). */
+
+#define GGUF_VERSION 3
+#define GGUF_DEFAULT_ALIGNMENT 32
+#define GGUF_MAX_NAME 63 /* bytes of a tensor name (ggml: GGML_MAX_NAME 64 with the NUL) */
+#define GGUF_MAX_DIMS 4
+
+typedef enum {
+    GGUF_U8 = 0, GGUF_I8, GGUF_U16, GGUF_I16, GGUF_U32, GGUF_I32, GGUF_F32, GGUF_BOOL, GGUF_STR,
+    GGUF_ARR, GGUF_U64, GGUF_I64, GGUF_F64, GGUF_NTYPES
+} gguf_vtype;
+const char *gguf_vtype_name(gguf_vtype t); /* "UINT32" */
+
+/* ggml tensor type id -> values and bytes per block (false: retired or unknown id), name. */
+bool gguf_type_size(uint32_t ggml_type, int64_t *blck, uint64_t *bytes);
+const char *gguf_type_name(uint32_t ggml_type);
+
+/* ---- writer */
+typedef struct gguf_writer gguf_writer;
+gguf_writer *gguf_writer_new(void);
+void gguf_writer_free(gguf_writer *w); /* removes the temporary file of an unfinished write */
+/* Metadata in call order; setting a key twice is an internal error. */
+void gguf_set_str(gguf_writer *w, const char *key, const char *v);
+void gguf_set_u32(gguf_writer *w, const char *key, uint32_t v);
+void gguf_set_i32(gguf_writer *w, const char *key, int32_t v);
+void gguf_set_u64(gguf_writer *w, const char *key, uint64_t v);
+void gguf_set_f32(gguf_writer *w, const char *key, float v);
+void gguf_set_bool(gguf_writer *w, const char *key, bool v);
+/* numeric / bool elements (host little-endian), n of them */
+void gguf_set_arr(gguf_writer *w, const char *key, gguf_vtype elem, const void *v, uint64_t n);
+void gguf_set_arr_str(gguf_writer *w, const char *key, const char *const *v, uint64_t n);
+/* Declare the next tensor: ne[0] is the row length (ggml order: an HF [out, in] weight has
+ * ne = {in, out}). -1 with e for a bad or duplicate name, bad dims, or rows that are not
+ * whole blocks of the type. */
+int gguf_add_tensor(gguf_writer *w, const char *name, int n_dims, const int64_t *ne, uint32_t ggml_type, qt_err *e);
+uint64_t gguf_writer_size(const gguf_writer *w); /* file bytes for what is declared so far */
+/* begin writes the header to PATH.tmp.PID; then each declared tensor's bytes in order
+ * (exactly its size; padding is added here); end fsyncs and renames over PATH. */
+int gguf_write_begin(gguf_writer *w, const char *path, qt_err *e);
+int gguf_write_tensor(gguf_writer *w, const void *data, uint64_t nbytes, qt_err *e);
+int gguf_write_end(gguf_writer *w, qt_err *e);
+
+/* ---- reader */
+typedef struct gguf_kv {
+    const char *key;
+    gguf_vtype type;
+    gguf_vtype arr_type;   /* ARR: element type */
+    uint64_t n;            /* ARR: element count; else 1 */
+    const uint8_t *data;   /* the value (or first element) in the mapping, unaligned */
+    const char *str;       /* STR: NUL-terminated copy */
+    const char **strs;     /* ARR of STR: n copies */
+} gguf_kv;
+
+typedef struct gguf_tensor_info {
+    const char *name;
+    int n_dims;
+    int64_t ne[GGUF_MAX_DIMS]; /* padded with 1s */
+    uint32_t type;
+    uint64_t offset, nbytes;
+    const uint8_t *data;   /* in the mapping, at the file's alignment */
+} gguf_tensor_info;
+
+typedef struct gguf_file {
+    char *path;
+    const uint8_t *map;
+    size_t size;
+    uint32_t version, alignment;
+    uint64_t data_start;
+    gguf_kv *kv;
+    int64_t n_kv;
+    gguf_tensor_info *tensors;
+    int64_t n_tensors;
+} gguf_file;
+
+/* Checks: magic, version 2-3, counts, strings, key uniqueness, value types, no nested
+ * arrays, general.alignment UINT32 power of two, names < 64 bytes and unique, 1-4 dims,
+ * known types, ne[0] whole blocks, offsets = running padded sum, data inside the file. */
+int gguf_open(gguf_file *f, const char *path, qt_err *e);
+void gguf_close(gguf_file *f);
+const gguf_kv *gguf_find_kv(const gguf_file *f, const char *key);
+const gguf_tensor_info *gguf_find_tensor(const gguf_file *f, const char *name);
+double gguf_kv_num(const gguf_kv *kv, uint64_t i); /* element i of a numeric value or array */
+/* strict: -1 with e when absent or of another type (llama.cpp's rule) */
+int gguf_get_u32(const gguf_file *f, const char *key, uint32_t *v, qt_err *e);
+int gguf_get_f32(const gguf_file *f, const char *key, float *v, qt_err *e);
+int gguf_get_str(const gguf_file *f, const char *key, const char **v, qt_err *e);
+
+/* ---- Llama / Mistral (arch "llama") and Qwen2 (arch "qwen2") */
+const char *gguf_arch_name(const hf_config *cfg);
+bool gguf_arch_permutes_qk(const hf_config *cfg); /* llama: yes; qwen2 (NEOX rope): no */
+/* "model.layers.3.self_attn.q_proj.weight" -> "blk.3.attn_q.weight", embed -> token_embd,
+ * model.norm -> output_norm, lm_head -> output; -1 when the name has no GGUF counterpart. */
+int gguf_hf_name(const char *hf, char *out, size_t n);
+/* llama.cpp's row order for q_proj / k_proj weights, biases and LoRA B (n_head = heads of
+ * that projection): HF row h hd + t hd/2 + j becomes row h hd + 2j + t. inverse undoes it. */
+void gguf_permute_qk(float *w, int64_t rows, int64_t cols, int n_head, bool inverse);
+/* llama3 RoPE scaling as per-frequency divisors (rope_freqs.weight, head_dim/2 values);
+ * false when the model has none. */
+bool gguf_rope_freqs(const hf_config *cfg, float *out);
+/* {arch}.context_length, embedding_length, block_count, ... (spec section 7), typed as
+ * llama.cpp reads them. The general.* keys are the caller's. */
+void gguf_set_model_meta(gguf_writer *w, const hf_config *cfg);
+/* tokenizer.* keys from a tokenizer.json (+ MODEL_DIR/tokenizer_config.json and
+ * chat_template.jinja when present; model_dir may be NULL); the token list has exactly
+ * cfg->vocab_size entries. Nothing is written when it fails. */
+int gguf_set_tokenizer(gguf_writer *w, const char *tokenizer_json, const char *model_dir, const hf_config *cfg,
+                       qt_err *e);
 
 #ifdef __cplusplus
 }

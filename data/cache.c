@@ -243,9 +243,13 @@ static int put_array(hid_t f, const char *name, hid_t ftype, hid_t mtype, const 
     return rc < 0 ? -1 : 0;
 }
 
-/* An array [rows, T] (rows read from the file) into a new buffer of elem bytes per cell. */
-static int get_array(hid_t f, const char *name, hid_t mtype, size_t elem, int64_t T, int64_t *rows, void **out,
-                     qt_err *e) {
+/* An array [rows, T] (rows read from the file) into a new buffer of elem bytes per cell.
+ * The rows come from the file's header, so they are bounded by what a file of file_bytes
+ * can hold (deflate compresses at most ~1032:1): a crafted header cannot make us allocate
+ * terabytes. */
+#define CACHE_MAX_RATIO 1100
+static int get_array(hid_t f, const char *name, hid_t mtype, size_t elem, int64_t T, uint64_t file_bytes,
+                     int64_t *rows, void **out, qt_err *e) {
     hid_t ds = H5Dopen2(f, name, H5P_DEFAULT);
     if (ds < 0) return qt_errf(e, "no dataset %s", name);
     hid_t sp = H5Dget_space(ds);
@@ -255,6 +259,9 @@ static int get_array(hid_t f, const char *name, hid_t mtype, size_t elem, int64_
     if (rank != 2 || H5Sget_simple_extent_dims(sp, dims, NULL) != 2 || dims[1] != (hsize_t)T ||
         dims[0] > (hsize_t)(INT64_MAX / T / 8))
         rc = qt_errf(e, "%s has the wrong shape", name);
+    else if (dims[0] * dims[1] * elem > file_bytes * CACHE_MAX_RATIO + 65536)
+        rc = qt_errf(e, "%s claims %llu rows, more than a %llu-byte file can hold", name,
+                     (unsigned long long)dims[0], (unsigned long long)file_bytes);
     if (rc == 0) {
         *rows = (int64_t)dims[0];
         *out = qd_xrealloc(NULL, (size_t)(dims[0] * dims[1]) * elem);
@@ -285,7 +292,7 @@ static const struct { const char *name; size_t off; } COUNTERS[] = {
 };
 #define N_COUNTERS (sizeof COUNTERS / sizeof *COUNTERS)
 
-static int read_file(hid_t f, const char *key, int64_t T, qt_dataset *d, qt_err *e) {
+static int read_file(hid_t f, const char *key, int64_t T, uint64_t file_bytes, qt_dataset *d, qt_err *e) {
     int64_t v = 0;
     char s[512];
     if (get_i64(f, "format_version", &v) != 0 || v != CACHE_VERSION)
@@ -311,8 +318,8 @@ static int read_file(hid_t f, const char *key, int64_t T, qt_dataset *d, qt_err 
         int64_t r1 = 0, r2 = 0;
         snprintf(a, sizeof a, "%s_ids", nm[i]);
         snprintf(b, sizeof b, "%s_mask", nm[i]);
-        if (get_array(f, a, H5T_NATIVE_INT32, 4, T, &r1, (void **)&sp[i]->ids, e) != 0 ||
-            get_array(f, b, H5T_NATIVE_UINT8, 1, T, &r2, (void **)&sp[i]->train, e) != 0)
+        if (get_array(f, a, H5T_NATIVE_INT32, 4, T, file_bytes, &r1, (void **)&sp[i]->ids, e) != 0 ||
+            get_array(f, b, H5T_NATIVE_UINT8, 1, T, file_bytes, &r2, (void **)&sp[i]->train, e) != 0)
             return -1;
         if (r1 != r2) return qt_errf(e, "%s and %s differ in rows", a, b);
         sp[i]->n_rows = r1;
@@ -347,7 +354,7 @@ int qd_cache_read(const char *path, const char *key, int64_t seq_len, qt_dataset
     int rc;
     if (f < 0) rc = qt_errf(e, "not a readable HDF5 file (damaged or truncated)");
     else {
-        rc = read_file(f, key, seq_len, d, e);
+        rc = read_file(f, key, seq_len, (uint64_t)st.st_size, d, e);
         H5Fclose(f);
     }
     hdf5_loud(q);

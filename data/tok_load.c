@@ -71,8 +71,9 @@ static int get_bool(const tok_tokenizer *t, const cJSON *o, const char *key, con
 static int get_int(const tok_tokenizer *t, const cJSON *v, const char *where, long lo, long hi, long *out,
                    qt_err *e) {
     *out = 0;
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long)v->valuedouble || v->valuedouble < lo ||
-        v->valuedouble > hi)
+    /* range first: converting a double outside long's range is undefined */
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= lo && v->valuedouble <= hi) ||
+        v->valuedouble != (double)(long)v->valuedouble)
         return qt_errf(e, "%s: %s must be an integer in [%ld, %ld]", t->name, where, lo, hi);
     *out = (long)v->valuedouble;
     return 0;
@@ -611,6 +612,19 @@ static int build_tries(tok_tokenizer *t, qt_err *e) {
     return 0;
 }
 
+/* The post-processor's ids come from its own table, not the vocabulary: each must be a
+ * token, or encoding would hand the model an id past its embedding. */
+static int check_post(const tok_tokenizer *t, qt_err *e) {
+    for (size_t i = 0; i < t->n_post; i++)
+        for (size_t k = 0; k < t->post_len[i]; k++) {
+            int32_t id = t->post[i][k];
+            if (id >= 0 && (id >= t->n_ids || t->id_len[id] == UINT32_MAX))
+                return qt_errf(e, "%s: post_processor adds token id %d, which is neither in model.vocab nor in "
+                                  "added_tokens; fix the id in post_processor", t->name, (int)id);
+        }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ entry points */
 
 int tok_parse_json(tok_tokenizer *t, const char *json, size_t len, qt_err *e) {
@@ -634,7 +648,7 @@ int tok_parse_json(tok_tokenizer *t, const char *json, size_t len, qt_err *e) {
         parse_pretok(t, get(root, "pre_tokenizer"), "pre_tokenizer", 0, e) ||
         parse_post(t, get(root, "post_processor"), "post_processor", 0, e) ||
         parse_decoder(t, get(root, "decoder"), "decoder", 0, e) || parse_added(t, get(root, "added_tokens"), e) ||
-        build_tries(t, e))
+        check_post(t, e) || build_tries(t, e))
         goto done;
     rc = 0;
 done:

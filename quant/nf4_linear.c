@@ -9,6 +9,7 @@ static qt_tensor dequant_tmp(qt_ctx *c, const nf4_tensor *w, qt_dtype dt) {
     qt_tensor t = qt_tensor_over(NULL, dt, c->dev, 2, w->shape);
     t.data = qt_arena_alloc(&c->work, qt_nbytes(&t));
     nf4_dequantize(c, w, &t);
+    qt_profile_mark(c, "nf4_dequant", QT_PROF_AUTO); /* apart from the GEMM that follows */
     return t;
 }
 

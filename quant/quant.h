@@ -1,6 +1,6 @@
 /* quant — weight quantization: NF4 with double quantization (QLoRA, bitsandbytes-exact)
- * and, later, GGUF k-quants. The whole public API of the module is in this header,
- * one section per format.
+ * and the GGUF quant types (ggml blocks, k-quants, llama-quantize's type mixes). The whole
+ * public API of the module is in this header, one section per format.
  *
  * Memory: a quantized tensor's arrays live in an arena (a qt_ctx pool or any qt_arena)
  * on that arena's device; the small struct describing them is the caller's (stack,
@@ -123,6 +123,84 @@ int nf4_from_bnb(nf4_tensor *q, qt_arena *a, const nf4_bnb_parts *p, qt_err *e);
  * only inside the op, in c->work (forward, and again in backward for dx), so c->work must
  * hold out*in elements of x's dtype. Records a backward for x when x needs a gradient. */
 qt_tensor *nf4_linear(qt_ctx *c, qt_tensor *x, const nf4_tensor *w);
+
+/* ================================================================== GGUF quant types
+ * ggml's tensor types as llama.cpp stores them in GGUF files (shared/specs/gguf.md sections
+ * 2-4), CPU only: export runs once. The quantizers are ggml's reference ones, so for the
+ * same float32 input the bytes equal llama-quantize's (operation order kept; this file must
+ * not be built with FMA contraction, which baseline x86-64 / -O3 without -march never does).
+ *
+ * Layouts: a row of n values is n/blck blocks; Q8_0 (32 values: fp16 d + 32 int8),
+ * Q5_0 / Q5_1 (32 values, 5 bits, with a min for Q5_1), and the 256-value K-quant
+ * super-blocks Q4_K / Q5_K (8 sub-blocks of 32, 6-bit scales and mins) and Q6_K (16
+ * sub-blocks of 16, int8 scales). F16 / BF16 round to nearest even; F32 is a copy.
+ *
+ * Importance (imatrix): an optional vector of n_per_row values, the mean squared input
+ * activation of each column, weighting the error in the scale search exactly as ggml's
+ * quantize_row_*_impl(quant_weights) do. NULL runs the reference search. Q8_0 and the
+ * float types ignore it (ggml does). */
+
+typedef enum {
+    KQ_F32 = 0, KQ_F16 = 1, KQ_Q4_0 = 2, KQ_Q4_1 = 3, KQ_Q5_0 = 6, KQ_Q5_1 = 7, KQ_Q8_0 = 8,
+    KQ_Q2_K = 10, KQ_Q3_K = 11, KQ_Q4_K = 12, KQ_Q5_K = 13, KQ_Q6_K = 14, KQ_Q8_K = 15,
+    KQ_BF16 = 30
+} kq_type; /* the values are ggml_type ids */
+
+const char *kq_type_name(kq_type t);   /* "Q4_K" ("?" when unknown) */
+/* Implemented here: F32, F16, BF16, Q8_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K. (The other ids are
+ * known for their sizes only.) */
+bool kq_supported(kq_type t);
+int kq_block_elems(kq_type t);         /* values per block: 1, 32 or 256 (0 unknown) */
+size_t kq_block_bytes(kq_type t);      /* bytes per block */
+size_t kq_row_bytes(kq_type t, int64_t n_per_row); /* n_per_row must be whole blocks */
+/* 0 when t is implemented and n_per_row is a positive multiple of its block; else -1 and
+ * e names `what` (a tensor name), the row length and the block size. */
+int kq_check_row(kq_type t, int64_t n_per_row, const char *what, qt_err *e);
+
+/* nrows rows of n_per_row float32 values -> nrows * kq_row_bytes bytes at dst (2-byte
+ * aligned). Rows are independent (split over OpenMP threads; the result does not depend on
+ * the thread count). -1 with e naming `what` for a bad row length, a non-finite value or a
+ * negative / non-finite importance. */
+int kq_quantize(kq_type t, const float *x, int64_t nrows, int64_t n_per_row, const float *imatrix, void *dst,
+                const char *what, qt_err *e);
+int kq_dequantize(kq_type t, const void *src, int64_t nrows, int64_t n_per_row, float *y, const char *what,
+                  qt_err *e);
+
+/* ---- per-tensor type mixes (llama-quantize's llama_tensor_get_type for llama / qwen2)
+ * The rule implemented, for a GGUF tensor name and shape (ne[0] = row length):
+ *  - not quantized at all (stays F32): names not ending in "weight", 1-D tensors, names
+ *    containing "_norm.weight", rope_freqs.
+ *  - F32 / F16 / BF16 files: every other tensor in that type ("pure", as llama-quantize
+ *    does for non-quantized targets).
+ *  - Q8_0 / Q6_K files: every other tensor in that type; output.weight (or token_embd when
+ *    there is no output.weight) is Q6_K in a Q6_K file and Q8_0 in a Q8_0 file.
+ *  - Q4_K_M / Q5_K_M: default Q4_K / Q5_K; output.weight, or token_embd.weight when the
+ *    embeddings are tied (no output.weight), -> Q6_K (Q8_0 when ne[0] % 256 != 0);
+ *    blk.i.attn_v.weight and blk.i.ffn_down.weight -> Q6_K when use_more_bits(i, n_layer)
+ *    = i < n/8 || i >= 7n/8 || (i - n/8) % 3 == 2; for a "70B" model (80 layers and, for
+ *    llama, n_head != n_head_kv) an attn_v still at Q4_K becomes Q5_K.
+ *  - then the shape fallback: a K-quant whose block does not divide ne[0] becomes
+ *    Q4_K->Q5_0, Q5_K->Q5_1, Q6_K->Q8_0, and anything whose block still does not divide
+ *    ne[0] becomes F16 (llama-quantize aborts for a Q8_0 row that is not whole blocks;
+ *    qtrain writes F16 there instead). */
+typedef enum {
+    KQ_FTYPE_F32 = 0, KQ_FTYPE_F16 = 1, KQ_FTYPE_Q8_0 = 7, KQ_FTYPE_Q4_K_M = 15, KQ_FTYPE_Q5_K_M = 17,
+    KQ_FTYPE_Q6_K = 18, KQ_FTYPE_BF16 = 32
+} kq_ftype; /* the values are llama_ftype ids, written as general.file_type */
+
+const char *kq_ftype_name(kq_ftype f);          /* "Q4_K_M" */
+/* "Q4_K_M", "q4_k_m", "F16", ... -> 0 and *out; -1 when unknown (e lists the choices). */
+int kq_ftype_parse(const char *s, kq_ftype *out, qt_err *e);
+
+typedef struct kq_model_info {
+    int n_layer;
+    bool has_output; /* the file has output.weight (embeddings not tied) */
+    bool is_70b;     /* llama.cpp's LLM_TYPE_70B: 80 layers (+ n_head != n_head_kv for llama) */
+} kq_model_info;
+
+kq_type kq_tensor_type(kq_ftype f, const char *name, int n_dims, const int64_t *ne, const kq_model_info *mi);
+/* use_more_bits(i, n) of the rule above */
+bool kq_use_more_bits(int i, int n);
 
 #ifdef __cplusplus
 }

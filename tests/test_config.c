@@ -514,6 +514,14 @@ static void test_hostile(qt_config *c) {
             TU_EXPECT(e.msg[0] && !strchr(e.msg, '\n'), "mutation %d: bad message: %s", i, e.msg);
         }
     }
+    /* found by tests/fuzz: strings that YAML cannot hold raw must still print and load back */
+    const char *esc = "model: {synthetic: tiny}\ndata:\n  train: \"a\\x80b\\x9f\\u0085c\\uFFFEd\\uFFFF\\x7f\\te\"\n";
+    TU_EXPECT(load_text(c, esc, strlen(esc), NULL, 0, &e, NULL) == 0, "escaped controls: %s", e.msg);
+    check_round_trip(c, "C1 controls and U+FFFE in a path");
+    /* ... and an override that is not UTF-8 is refused, not taken as a literal */
+    const char *bad_utf8[] = {"data.train=/tmp/x\x94y.jsonl"};
+    TU_EXPECT(load_text(c, esc, strlen(esc), bad_utf8, 1, &e, NULL) == -1 && strstr(e.msg, "UTF-8"),
+              "non-UTF-8 override: %s", e.msg);
     printf("hostile input: ok (%d of 2000 mutated configs still valid)\n", loaded);
 }
 

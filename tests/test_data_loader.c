@@ -3,6 +3,8 @@
  * a new permutation each epoch, labels, loss-token counts, exact resume, eval batches). */
 #include "data_fixture.h"
 
+#include <hdf5.h>
+
 /* ------------------------------------------------------------------ cache */
 
 static bool same_data(const qt_dataset *a, const qt_dataset *b) {
@@ -77,7 +79,7 @@ static void test_cache(void) {
     write_text(path, txt, (size_t)(lastnl - txt + 1));
     free(txt);
     snprintf(cpath, sizeof cpath, "%s", ref.stats.cache_path);
-    for (int damage = 0; damage < 3; damage++) {
+    for (int damage = 0; damage < 4; damage++) {
         char *c = read_text(cpath, &len);
         QT_CHECK(c, "cache file %s missing", cpath);
         if (damage == 0) write_text(cpath, c, len / 2);
@@ -92,6 +94,16 @@ static void test_cache(void) {
             write_text(cpath, c, len);
         }
         free(c);
+        if (damage == 3) { /* found by review: train_ids claiming ~2^40 rows in a small file (nothing stored) */
+            hid_t h = H5Fopen(cpath, H5F_ACC_RDWR, H5P_DEFAULT);
+            QT_CHECK(h >= 0 && H5Ldelete(h, "train_ids", H5P_DEFAULT) >= 0, "cannot edit %s", cpath);
+            hsize_t dims[2] = {((hsize_t)1 << 40) / (hsize_t)o.seq_len + 3, (hsize_t)o.seq_len}, chunk[2] = {1, dims[1]};
+            hid_t sp = H5Screate_simple(2, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+            H5Pset_chunk(dcpl, 2, chunk);
+            hid_t ds = H5Dcreate2(h, "train_ids", H5T_STD_I32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+            QT_CHECK(ds >= 0, "cannot create the huge dataset");
+            H5Dclose(ds), H5Pclose(dcpl), H5Sclose(sp), H5Fclose(h);
+        }
         QT_CHECK(qt_data_load(&d, &o, &e) == 0, "%s", e.msg);
         TU_EXPECT(d.stats.cache_rebuilt && !d.stats.from_cache && same_data(&ref, &d), "damage %d: rebuilt %d, same %d",
                   damage, d.stats.cache_rebuilt, same_data(&ref, &d));

@@ -60,6 +60,9 @@ static void hostile_files(void) {
     expect_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-1}}}", "must be an integer in");
     expect_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":1e12}}}", "must be an integer in");
     expect_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0.5}}}", "must be an integer in");
+    /* found by tests/fuzz: an id far outside long's range (undefined conversion before the check) */
+    expect_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":2.8e93}}}", "must be an integer in");
+    expect_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-1e300}}}", "must be an integer in");
     expect_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":\"0\"}}}", "must be an integer in");
     expect_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":3,\"b\":3}}}", "given to two tokens");
     expect_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},\"merges\":[\"a b\"]}}",
@@ -90,6 +93,14 @@ static void hostile_files(void) {
     snprintf(buf, sizeof buf, "{%s,\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":"
                               "[{\"SpecialToken\":{\"id\":\"<s>\",\"type_id\":0}}],\"special_tokens\":{}}}", MODEL_OK);
     expect_error(buf, "has no entry \"<s>\"");
+    /* found by tests/fuzz: a post-processor id that is no token reached encode's output */
+    snprintf(buf, sizeof buf, "{%s,\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":"
+                              "[{\"SpecialToken\":{\"id\":\"<s>\"}},{\"Sequence\":{\"id\":\"A\"}}],"
+                              "\"special_tokens\":{\"<s>\":{\"ids\":[469]}}}}", MODEL_OK);
+    expect_error(buf, "adds token id 469");
+    snprintf(buf, sizeof buf, "{%s,\"post_processor\":{\"type\":\"BertProcessing\",\"cls\":[\"x\",1],"
+                              "\"sep\":[\"y\",3]}}", MODEL_OK);
+    expect_error(buf, "adds token id 3");
     snprintf(buf, sizeof buf, "{%s,\"added_tokens\":[{\"id\":5}]}", MODEL_OK);
     expect_error(buf, "added_tokens[0].content is missing");
     snprintf(buf, sizeof buf, "{%s,\"added_tokens\":[{\"content\":\"x\",\"special\":\"yes\"}]}", MODEL_OK);

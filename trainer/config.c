@@ -291,6 +291,23 @@ static int walk(loader *L, const qt_ynode *root) {
 
 /* ------------------------------------------------------------------ overrides */
 
+/* Strict UTF-8: what a literal value must be to print as YAML and load back. */
+static bool utf8_ok(const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        size_t k = c < 0x80 ? 1 : (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+        if (!k || i + k > n) return false;
+        for (size_t j = 1; j < k; j++)
+            if ((u[i + j] & 0xC0) != 0x80) return false;
+        if ((c == 0xE0 && u[i + 1] < 0xA0) || (c == 0xED && u[i + 1] > 0x9F) || (c == 0xF0 && u[i + 1] < 0x90) ||
+            (c == 0xF4 && u[i + 1] > 0x8F))
+            return false; /* overlong, surrogate, past U+10FFFF */
+        i += k;
+    }
+    return true;
+}
+
 static int apply_override(loader *L, const char *ov) {
     char msg[900];
     const char *eq = strchr(ov, '=');
@@ -322,7 +339,7 @@ static int apply_override(loader *L, const char *ov) {
     const qt_ynode *v;
     if (yaml_to_tree(name, false, val, vl, &root, L->err) == 0) {
         v = root ? root : &null_node;
-    } else if (f->kind == QT_CK_STR && vl) {
+    } else if (f->kind == QT_CK_STR && vl && utf8_ok(val, vl)) {
         v = &literal; /* a path like "@data/x.jsonl" is not YAML, but is what was meant */
     } else {
         return -1;

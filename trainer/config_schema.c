@@ -647,16 +647,20 @@ static void fmt_value(const qt_config *cfg, const qt_cfg_field *f, char *b, size
             snprintf(b, n, "null");
             break;
         }
-        /* double-quoted YAML: only \ " and control bytes need escapes; UTF-8 passes */
+        /* double-quoted YAML: \ " and what YAML may not hold raw (C0/C1 controls, DEL,
+         * U+FFFE/FFFF; a "\x80" escape in the file gives U+0080) are escaped; other UTF-8 passes */
         if (n < 8) {
             b[0] = 0;
             break;
         }
         b[k++] = '"';
-        for (const char *p = src; *p && k + 6 < n; p++) {
-            unsigned char c = (unsigned char)*p;
+        for (const unsigned char *p = (const unsigned char *)src; *p && k + 8 < n; p++) {
+            unsigned char c = *p;
             if (c == '"' || c == '\\') b[k++] = '\\', b[k++] = (char)c;
             else if (c < 0x20 || c == 0x7f) k += (size_t)snprintf(b + k, n - k, "\\x%02x", c);
+            else if (c == 0xC2 && p[1] >= 0x80 && p[1] <= 0x9F) k += (size_t)snprintf(b + k, n - k, "\\x%02x", *++p);
+            else if (c == 0xEF && p[1] == 0xBF && (p[2] == 0xBE || p[2] == 0xBF))
+                k += (size_t)snprintf(b + k, n - k, "\\u%04X", 0xFFFEu + (unsigned)(p[2] - 0xBE)), p += 2;
             else b[k++] = (char)c;
         }
         b[k++] = '"';

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "trainer.h"
 
@@ -51,7 +52,10 @@ int qt_synthetic_config(const char *name, hf_config *h, qt_err *e) {
 }
 
 /* Weights ~ N(0, 1/sqrt(fan_in)) so activations keep their scale through the layers;
- * norms ~ U(0.8, 1.2). Projections pass through STEP memory when quantized. */
+ * norms ~ U(0.8, 1.2). Projections pass through STEP memory when quantized. On a GPU
+ * context the fills run on the device (qt_fill_*'s counter-based generator) and NF4 is
+ * quantized there too, so an 8B model takes seconds; the values differ from a CPU build
+ * with the same seed. */
 static qt_tensor *rand_weight(qt_ctx *c, qt_rng *r, const char *name, qt_dtype dt, int ndim,
                               const int64_t *shape, qt_pool pool) {
     qt_tensor *t = qt_empty(c, pool, dt, ndim, shape);
@@ -65,6 +69,8 @@ int qt_synthetic_model(llm_model *m, qt_ctx *c, const char *name, const llm_load
                        qt_err *e) {
     memset(m, 0, sizeof *m);
     if (qt_synthetic_config(name, &m->cfg, e) != 0) return -1;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     const hf_config *h = &m->cfg;
     qt_dtype dt = o->dtype;
     m->dtype = dt;
@@ -105,5 +111,10 @@ int qt_synthetic_model(llm_model *m, qt_ctx *c, const char *name, const llm_load
             if (rc != 0) return -1;
         }
     }
+    qt_ctx_sync(c);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (h->num_hidden_layers >= 8) /* the big shapes: say what the wait was */
+        fprintf(stderr, "qtrain: synthetic %s built in %.1f s (%s)\n", name,
+                (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec), qt_device_name(c->dev));
     return 0;
 }

@@ -10,11 +10,23 @@
 #include <unistd.h>
 
 #include "batches.h"
+#include "resume.h"
 #include "optim/optim.h"
-#include "trainer.h"
 
 static volatile sig_atomic_t g_stop;
-static void on_signal(int sig) { g_stop = sig; }
+/* First SIGINT/SIGTERM: finish the step, save a checkpoint, exit 0. A second one quits at
+ * once (safe: checkpoints are published atomically, the previous one stays intact). */
+static void on_signal(int sig) {
+    if (g_stop) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    g_stop = sig;
+    static const char msg[] = "\nqtrain: stopping after this step to save a checkpoint (signal again to quit now)\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+}
 
 static double now_s(void) {
     struct timespec t;
@@ -81,7 +93,9 @@ typedef struct progress {
     bool tty;
     FILE *metrics;
     double t0;
-    int64_t total;
+    int64_t start, total; /* the step this session started at (resumed runs), the last one */
+    double step_s;    /* wall time of the last optimizer step (eval not included) */
+    size_t dev_peak;  /* device memory in use (cudaMemGetInfo), max over the steps so far */
 } progress;
 
 static void fmt_eta(double s, char *buf, size_t n) {
@@ -93,7 +107,7 @@ static void fmt_eta(double s, char *buf, size_t n) {
 static void report(progress *p, int64_t step, double loss, double lr, double gnorm, double tok_s,
                    int64_t tokens, const qt_ctx *c, double eval_loss, bool log_line) {
     double el = now_s() - p->t0;
-    double eta = step > 0 ? el / (double)step * (double)(p->total - step) : 0;
+    double eta = step > p->start ? el / (double)(step - p->start) * (double)(p->total - step) : 0;
     char eta_s[32], mem[48] = "";
     fmt_eta(eta, eta_s, sizeof eta_s);
     double gib = (double)(c->data[QT_PERSIST].peak + c->data[QT_STEP].peak + c->work.peak) / 1073741824.0;
@@ -110,11 +124,12 @@ static void report(progress *p, int64_t step, double loss, double lr, double gno
     }
     if (p->metrics) {
         fprintf(p->metrics,
-                "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens\": %lld, "
-                "\"tok_per_s\": %.1f, \"elapsed_s\": %.3f, \"peak_bytes\": %zu",
-                (long long)step, loss, lr, gnorm, (long long)tokens, tok_s, el,
-                c->data[QT_PERSIST].peak + c->data[QT_STEP].peak + c->work.peak);
-        if (!isnan(eval_loss)) fprintf(p->metrics, ", \"eval_loss\": %.6f", eval_loss);
+                "{\"step\": %lld, \"loss\": %.17g, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens\": %lld, "
+                "\"tok_per_s\": %.1f, \"elapsed_s\": %.3f, \"step_s\": %.4f, \"peak_bytes\": %zu, "
+                "\"dev_used_bytes\": %zu",
+                (long long)step, loss, lr, gnorm, (long long)tokens, tok_s, el, p->step_s,
+                c->data[QT_PERSIST].peak + c->data[QT_STEP].peak + c->work.peak, p->dev_peak);
+        if (!isnan(eval_loss)) fprintf(p->metrics, ", \"eval_loss\": %.17g", eval_loss);
         fprintf(p->metrics, "}\n");
         fflush(p->metrics);
     }
@@ -130,6 +145,7 @@ static double micro_step(qt_ctx *c, llm_model *m, const qt_batch *b, bool train,
     int64_t n[1] = {(int64_t)b->B * b->T};
     qt_tensor *ids = qt_empty(c, QT_STEP, QT_I32, 1, n);
     qt_upload(ids, b->ids, QT_I32);
+    qt_profile_mark(c, "upload", QT_PROF_OTHER);
     qt_tensor *loss = llm_loss(c, m, ids, b->labels, b->B, b->T);
     if (train) qt_backward(c, scale == 1.0 ? loss : qt_scale(c, loss, scale), NULL);
     float lv;
@@ -181,24 +197,41 @@ static int save_adapter(const qt_config *cfg, llm_model *m, qt_ctx *c, qt_err *e
     return rc;
 }
 
-int qt_train(const qt_config *cfg, qt_train_result *res, qt_err *e) {
+int qt_train(const qt_config *cfg, const qt_train_opts *opts, qt_train_result *res, qt_err *e) {
+    static const qt_train_opts defaults = {0};
+    if (!opts) opts = &defaults;
     memset(res, 0, sizeof *res);
     res->first_eval = res->last_eval = NAN;
+    res->resumed_from = -1;
     llm_load_opts lo = {.dtype = cfg->model.dtype, .nf4 = cfg->quant.type == QT_QUANT_NF4,
                         .double_quant = cfg->quant.double_quant};
     hf_config h;
     if (cfg->model.synthetic[0] ? qt_synthetic_config(cfg->model.synthetic, &h, e)
                                 : hf_config_load(&h, cfg->model.path, e))
         return -1;
+    /* Resume or not is settled before anything big is built: a refusal comes at once. */
+    ck_identity id;
+    ck_train_state ck = {0};
+    char ck_path[QT_CFG_PATH_MAX + 96] = "";
+    int found = 0;
+    if (qt_run_identity(cfg, &h, &id, e) != 0) return -1;
+    if (opts->no_resume ? qt_run_set_aside(cfg, e) != 0
+                        : (found = qt_resume_find(cfg, &id, &ck, ck_path, sizeof ck_path, e)) < 0)
+        return -1;
     qt_ctx_opts co = {.dev = cfg->train.device};
-    if (plan_budgets(cfg, &h, &lo, &co, e) != 0) return -1;
     qt_ctx c;
-    if (qt_ctx_init(&c, &co) != 0) return qt_errf(e, "cannot set up the %s context (see above)",
-                                                   qt_device_name(co.dev));
-    llm_model m;
-    int rc = cfg->model.synthetic[0] ? qt_synthetic_model(&m, &c, cfg->model.synthetic, &lo, (uint64_t)cfg->train.seed, e)
-                                     : llm_load(&m, &c, cfg->model.path, &lo, e);
+    int rc = plan_budgets(cfg, &h, &lo, &co, e);
+    if (rc == 0 && qt_ctx_init(&c, &co) != 0)
+        rc = qt_errf(e, "cannot set up the %s context (see above)", qt_device_name(co.dev));
     if (rc != 0) {
+        ck_train_state_free(&ck);
+        return -1;
+    }
+    llm_model m;
+    rc = cfg->model.synthetic[0] ? qt_synthetic_model(&m, &c, cfg->model.synthetic, &lo, (uint64_t)cfg->train.seed, e)
+                                 : llm_load(&m, &c, cfg->model.path, &lo, e);
+    if (rc != 0) {
+        ck_train_state_free(&ck);
         qt_ctx_free(&c);
         return -1;
     }
@@ -209,6 +242,7 @@ int qt_train(const qt_config *cfg, qt_train_result *res, qt_err *e) {
     qt_batches data = {0};
     qt_adamw opt = {0};
     progress pr = {.tty = isatty(2) != 0, .t0 = now_s()};
+    qt_loop lp = {.first_loss = NAN, .first_eval = NAN, .last_loss = NAN, .last_eval = NAN};
     rc = llm_add_lora(&m, &c, &lc, e);
     if (rc == 0) rc = qt_batches_open(&data, cfg, &m, e);
     qt_adamw_cfg oc = {.beta1 = cfg->train.adam_beta1, .beta2 = cfg->train.adam_beta2, .eps = cfg->train.adam_eps,
@@ -216,11 +250,14 @@ int qt_train(const qt_config *cfg, qt_train_result *res, qt_err *e) {
                        .paged = cfg->memory.paged_optimizer, .gpu_bytes = cfg->memory.optimizer_gpu_bytes};
     if (rc == 0) rc = qt_adamw_init(&opt, &c, m.lora_params, m.n_lora_params, &oc, e);
     if (rc == 0) rc = ck_mkdirs(cfg->output.dir, e);
+    if (rc == 0 && found) rc = qt_resume_apply(ck_path, &ck, &m, &opt, &data, &lp, e);
+    ck_train_state_free(&ck);
     if (rc == 0) {
         char path[QT_CFG_PATH_MAX + 32];
         snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->output.dir);
-        pr.metrics = fopen(path, "a");
-        if (!pr.metrics) rc = qt_errf(e, "cannot open %s for appending", path);
+        rc = qt_metrics_rewind(path, lp.step, e); /* steps after the checkpoint are done again */
+        pr.metrics = rc == 0 ? fopen(path, "a") : NULL;
+        if (rc == 0 && !pr.metrics) rc = qt_errf(e, "cannot open %s for appending", path);
     }
     if (rc != 0) goto done;
 
@@ -228,6 +265,7 @@ int qt_train(const qt_config *cfg, qt_train_result *res, qt_err *e) {
     int64_t total = cfg->train.steps > 0 ? cfg->train.steps : (int64_t)ceil(cfg->train.epochs * (double)per_epoch);
     if (total < 1) total = 1;
     pr.total = total;
+    pr.start = lp.step;
     qt_lr_sched sch = {.kind = (qt_lr_kind)cfg->train.lr_schedule, .lr = cfg->train.lr,
                        .warmup_steps = cfg->train.warmup_steps, .total_steps = total,
                        .min_ratio = cfg->train.min_lr_ratio};
@@ -237,64 +275,111 @@ int qt_train(const qt_config *cfg, qt_train_result *res, qt_err *e) {
             desc, qt_device_name(c.dev), lo.nf4 ? "nf4" : qt_dtype_name(lo.dtype),
             (double)llm_weight_bytes(&m) / 1048576.0, lc.r, m.n_lora_params, (long long)total, (long long)ga,
             (int)cfg->train.micro_batch, (int)cfg->data.seq_len);
+    if (found) {
+        const char *base = strrchr(ck_path, '/');
+        snprintf(res->checkpoint, sizeof res->checkpoint, "%s", base ? base + 1 : ck_path);
+        res->resumed_from = lp.step;
+        if (lp.step >= total)
+            fprintf(stderr, "qtrain: %s is at step %lld of %lld: the run is complete; writing the adapter again\n",
+                    ck_path, (long long)lp.step, (long long)total);
+        else
+            fprintf(stderr, "qtrain: resuming from %s (step %lld of %lld)\n", ck_path, (long long)lp.step,
+                    (long long)total);
+    }
     void (*old_int)(int) = signal(SIGINT, on_signal), (*old_term)(int) = signal(SIGTERM, on_signal);
     g_stop = 0;
-    int64_t tokens = 0, bad_run = 0, cursor = 0;
+    int64_t tokens = 0, saved_at = lp.step; /* tokens of this session (for tok/s) */
+    int64_t end = opts->stop_after > 0 && opts->stop_after < total ? opts->stop_after : total;
     double t_train = 0;
     qt_batch b;
-    for (int64_t step = 0; step < total && !g_stop; step++) {
+    qt_profile_step(&c, false); /* the set-up (model build) is not a step */
+    for (int64_t step = lp.step; step < end && !g_stop; step++) {
         double t0 = now_s(), loss = 0;
+        lp.step = step + 1;
         qt_zero_grads(&c, m.lora_params, m.n_lora_params);
+        qt_profile_mark(&c, "zero_grads", QT_PROF_OTHER);
         for (int64_t k = 0; k < ga; k++) {
-            /* the dropout mask of micro-batch `cursor` depends only on the seed and cursor */
-            m.dropout_seed = (uint64_t)cfg->train.seed * 0x9e3779b97f4a7c15ull + (uint64_t)cursor;
-            cursor++;
+            /* the dropout masks of micro-batch lp.micro depend only on the seed and that count */
+            m.dropout_seed = (uint64_t)cfg->train.seed * 0x9e3779b97f4a7c15ull + (uint64_t)lp.micro;
+            lp.micro++;
             qt_batches_next(&data, &b);
             loss += micro_step(&c, &m, &b, true, 1.0 / (double)ga) / (double)ga;
             tokens += (int64_t)b.B * b.T;
+            lp.tokens += (int64_t)b.B * b.T;
         }
         double gn = qt_adamw_grad_norm(&opt), lr = qt_lr_at(&sch, step);
+        qt_profile_mark(&c, "grad_norm", QT_PROF_OTHER);
         if (!isfinite(loss) || !isfinite(gn)) {
-            res->skipped_steps++;
+            lp.skipped++;
             fprintf(stderr, "\nqtrain: step %lld: non-finite %s; step skipped (%lld in a row)\n", (long long)step + 1,
-                    isfinite(loss) ? "gradients" : "loss", (long long)bad_run + 1);
-            if (++bad_run > cfg->train.max_nonfinite_steps) {
-                rc = qt_errf(e, "%lld non-finite steps in a row (train.max_nonfinite_steps = %lld): stopping; "
-                                "lower train.lr or check the data", (long long)bad_run,
-                             (long long)cfg->train.max_nonfinite_steps);
+                    isfinite(loss) ? "gradients" : "loss", (long long)lp.bad_run + 1);
+            if (++lp.bad_run > cfg->train.max_nonfinite_steps) {
+                rc = qt_errf(e, "%lld non-finite steps in a row (train.max_nonfinite_steps = %lld): stopping; the "
+                                "last checkpoint (%s) is intact; lower train.lr or check the data",
+                             (long long)lp.bad_run, (long long)cfg->train.max_nonfinite_steps,
+                             res->checkpoint[0] ? res->checkpoint : "none written yet");
                 break;
             }
             continue;
         }
-        bad_run = 0;
+        lp.bad_run = 0;
         qt_adamw_step(&opt, lr, gn);
+        qt_profile_mark(&c, "adamw", QT_PROF_OTHER);
         qt_ctx_sync(&c);
-        t_train += now_s() - t0;
-        res->steps = step + 1;
-        if (step == 0) res->first_loss = loss;
-        res->last_loss = loss;
+        pr.step_s = now_s() - t0;
+        t_train += pr.step_s;
+        qt_profile_step(&c, true);
+        if (c.dev == QT_CUDA && qt_cuda_mem_used() > pr.dev_peak) pr.dev_peak = qt_cuda_mem_used();
+        if (isnan(lp.first_loss)) lp.first_loss = loss;
+        lp.last_loss = loss;
         double ev = NAN;
         bool do_eval = qt_batches_eval_count(&data) > 0 && ((cfg->train.eval_every > 0 && (step + 1) % cfg->train.eval_every == 0) ||
                                  step + 1 == total || step == 0);
         if (do_eval) {
             ev = eval_loss(&c, &m, &data);
-            if (isnan(res->first_eval)) res->first_eval = ev;
-            res->last_eval = ev;
+            if (isnan(lp.first_eval)) lp.first_eval = ev;
+            lp.last_eval = ev;
+            qt_profile_step(&c, false); /* eval is not part of the step's profile */
         }
         bool line = cfg->train.log_every > 0 && ((step + 1) % cfg->train.log_every == 0 || step == 0);
-        report(&pr, step + 1, loss, lr, gn, (double)tokens / t_train, tokens, &c, ev, line || do_eval);
+        report(&pr, step + 1, loss, lr, gn, (double)tokens / t_train, lp.tokens, &c, ev, line || do_eval);
+        if (!g_stop && lp.step < end && cfg->output.checkpoint_every > 0 &&
+            lp.step % cfg->output.checkpoint_every == 0) {
+            if ((rc = qt_checkpoint_save(cfg, &id, &m, &opt, &data, &lp, res->checkpoint, e)) != 0) break;
+            saved_at = lp.step;
+        }
     }
+    /* the end, a signal or --stop-after: one more checkpoint (not after an error: the last
+     * one written stays the one to resume from) */
+    if (rc == 0 && lp.step > saved_at) rc = qt_checkpoint_save(cfg, &id, &m, &opt, &data, &lp, res->checkpoint, e);
+    res->steps = lp.step;
+    res->skipped_steps = lp.skipped;
+    res->first_loss = lp.first_loss;
+    res->first_eval = lp.first_eval;
+    res->last_loss = lp.last_loss;
+    res->last_eval = lp.last_eval;
     signal(SIGINT, old_int);
     signal(SIGTERM, old_term);
-    res->interrupted = g_stop != 0;
+    res->interrupted = rc == 0 && lp.step < total; /* a signal or --stop-after */
     res->tokens_per_s = t_train > 0 ? (double)tokens / t_train : 0;
     res->peak_device_bytes = c.data[QT_PERSIST].peak + c.data[QT_STEP].peak + c.work.peak;
+    if (c.dev == QT_CUDA && res->steps > 0)
+        fprintf(stderr, "qtrain: peak GPU memory: arenas %.2f GiB (persist %.2f + step %.2f + work %.2f); device in use "
+                        "%.2f GiB (cudaMemGetInfo after each step: the reserved budgets + CUDA context)\n",
+                (double)res->peak_device_bytes / 1073741824.0, (double)c.data[QT_PERSIST].peak / 1073741824.0,
+                (double)c.data[QT_STEP].peak / 1073741824.0, (double)c.work.peak / 1073741824.0,
+                (double)pr.dev_peak / 1073741824.0);
+    qt_profile_print(&c, stderr);
     if (rc == 0 && res->steps > 0) {
         rc = save_adapter(cfg, &m, &c, e);
         if (rc == 0) fprintf(stderr, "qtrain: adapter written to %s/adapter (PEFT format)\n", cfg->output.dir);
     }
-    if (res->interrupted)
-        fprintf(stderr, "qtrain: stopped by signal %d after step %lld\n", (int)g_stop, (long long)res->steps);
+    if (res->interrupted) {
+        char why[32] = "(--stop-after)";
+        if (g_stop) snprintf(why, sizeof why, "by signal %d", (int)g_stop);
+        fprintf(stderr, "qtrain: stopped %s after step %lld of %lld; checkpoint %s written\n", why,
+                (long long)res->steps, (long long)total, res->checkpoint);
+    }
 done:
     if (pr.metrics) fclose(pr.metrics);
     qt_adamw_free(&opt);

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Fuzz every parser of user files with libFuzzer (clang, ASan + UBSan, CPU only):
+#
+#   tests/fuzz.sh [SECONDS] [TARGET...]      # default 60 s per target, every tests/fuzz/fuzz_*.c
+#   tests/fuzz.sh 600                        # 10 minutes each
+#   tests/fuzz.sh 30 fuzz_gguf fuzz_config   # some targets only
+#
+# Builds tests/fuzz/fuzz_*.c in build-fuzz/ (-DQTRAIN_FUZZ=ON), collects seeds from the
+# project's own files (tests/fuzz/make_seeds.py), then runs FUZZ_JOBS targets at a time
+# (default: the number of cores) with -rss_limit_mb=2048 (so one allocation over 2 GiB is
+# a finding too) and a per-target -max_len. The corpus grows in build-fuzz/corpus/TARGET and
+# is reused by the next run; crash, timeout, leak and OOM inputs go to
+# build-fuzz/crashes/TARGET/; logs to build-fuzz/logs/TARGET.log. Prints a table of
+# executions and crashes per target; exits 1 when any target found something.
+# Reproduce a finding: build-fuzz/bin/TARGET build-fuzz/crashes/TARGET/crash-... ; see
+# docs/fuzzing.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-60}
+shift || true
+B=${FUZZ_BUILD:-build-fuzz}
+jobs=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 2)}
+cc=${FUZZ_CC:-$(command -v clang || command -v clang-14 || true)}
+[ -n "$cc" ] || { echo "fuzz.sh: clang not found (libFuzzer needs clang)" >&2; exit 2; }
+
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    for f in tests/fuzz/fuzz_*.c; do targets+=("$(basename "$f" .c)"); done
+fi
+
+# Largest input per target: a little above the biggest sensible seed; small inputs fuzz faster.
+max_len() {
+    case $1 in
+        fuzz_tokenizer_encode) echo 4096 ;;
+        fuzz_hfconfig | fuzz_jsonl) echo 8192 ;;
+        fuzz_st_index) echo 32768 ;;
+        fuzz_config | fuzz_dataset | fuzz_tokconfig) echo 16384 ;;
+        *) echo 65536 ;; # binary files: safetensors, gguf, HDF5, adapters, tokenizer.json
+    esac
+}
+
+echo "fuzz.sh: building ${targets[*]} in $B with $cc"
+cmake -S . -B "$B" -DCMAKE_C_COMPILER="$cc" -DQTRAIN_CUDA=OFF -DQTRAIN_FUZZ=ON \
+      -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$B" -j"$jobs" --target "${targets[@]}" 2>&1 | grep -E "error|warning:" || true
+for t in "${targets[@]}"; do
+    [ -x "$B/bin/$t" ] || { echo "fuzz.sh: $B/bin/$t was not built" >&2; exit 2; }
+done
+
+rm -rf "$B/seeds"
+python3 tests/fuzz/make_seeds.py "$B/seeds" >/dev/null
+mkdir -p "$B/logs"
+
+run_one() {
+    local t=$1
+    mkdir -p "$B/corpus/$t" "$B/crashes/$t" "$B/seeds/$t"
+    # -timeout: one input running longer than 20 s is a hang. Leaks count (LeakSanitizer).
+    "$B/bin/$t" "$B/corpus/$t" "$B/seeds/$t" -max_total_time="$secs" -rss_limit_mb=2048 \
+        -max_len="$(max_len "$t")" -timeout=20 -print_final_stats=1 \
+        -artifact_prefix="$B/crashes/$t/" >"$B/logs/$t.log" 2>&1 || true
+}
+
+# At most $jobs targets at a time.
+running=0
+for t in "${targets[@]}"; do
+    rm -f "$B/crashes/$t"/* 2>/dev/null || true
+    echo "fuzz.sh: $t for ${secs}s"
+    run_one "$t" &
+    running=$((running + 1))
+    if [ "$running" -ge "$jobs" ]; then
+        wait -n || true
+        running=$((running - 1))
+    fi
+done
+wait
+
+status=0
+printf '\n%-24s %14s %10s %8s %8s  %s\n' target executions exec/s corpus crashes result
+for t in "${targets[@]}"; do
+    log="$B/logs/$t.log"
+    execs=$(grep -o 'stat::number_of_executed_units:[[:space:]]*[0-9]*' "$log" | tail -1 | awk '{print $2}')
+    rate=$(grep -o 'stat::average_exec_per_sec:[[:space:]]*[0-9]*' "$log" | tail -1 | awk '{print $2}')
+    corpus=$(find "$B/corpus/$t" -type f | wc -l)
+    n=$(find "$B/crashes/$t" -type f | wc -l)
+    what=ok
+    if [ "$n" -gt 0 ]; then
+        status=1
+        what="FOUND: $(ls "$B/crashes/$t" | head -3 | tr '\n' ' ')"
+    elif ! grep -q 'Done [0-9]* runs' "$log"; then
+        status=1
+        what="did not finish: see $log"
+    fi
+    printf '%-24s %14s %10s %8s %8s  %s\n' "$t" "${execs:-?}" "${rate:-?}" "$corpus" "$n" "$what"
+done
+[ $status -eq 0 ] && echo "fuzz.sh: no crashes" || echo "fuzz.sh: FINDINGS above (inputs in $B/crashes/, logs in $B/logs/)"
+exit $status
