@@ -162,11 +162,34 @@ static void checkpoint_backward(qt_ctx *c, qt_node *n) {
     qt_arena_reset(&c->meta[QT_STEP], meta_mark);
 }
 
+/* fn ran without a tape, so nothing refers to its intermediates: give their STEP memory
+ * back by moving y down to where they began (through c->work). Without room in c->work
+ * the intermediates simply stay until the step ends. */
+static qt_tensor *keep_only_output(qt_ctx *c, qt_tensor *y, size_t data_mark, size_t meta_mark) {
+    qt_arena *d = &c->data[QT_STEP];
+    if ((uint8_t *)y->data < d->base + data_mark) return y; /* fn returned memory from before */
+    size_t wmark = qt_arena_mark(&c->work);
+    void *tmp = qt_arena_try_alloc(&c->work, qt_nbytes(y));
+    if (!tmp) return y;
+    qt_tensor t = qt_tensor_over(tmp, y->dtype, y->dev, y->ndim, y->shape);
+    qt_copy(&t, y);
+    qt_tensor keep = *y;
+    qt_arena_reset(d, data_mark);
+    qt_arena_reset(&c->meta[QT_STEP], meta_mark);
+    qt_tensor *out = qt_empty(c, QT_STEP, keep.dtype, keep.ndim, keep.shape);
+    qt_set_name(out, "%s", keep.name);
+    qt_copy(out, &t);
+    qt_arena_reset(&c->work, wmark);
+    return out;
+}
+
 qt_tensor *qt_checkpoint(qt_ctx *c, qt_checkpoint_fn fn, qt_tensor *x, void *user) {
-    if (!c->grad_enabled) return fn(c, x, user);
+    size_t data_mark = qt_arena_mark(&c->data[QT_STEP]), meta_mark = qt_arena_mark(&c->meta[QT_STEP]);
+    bool grad = c->grad_enabled;
     c->grad_enabled = false;
-    qt_tensor *y = fn(c, x, user);
-    c->grad_enabled = true;
+    qt_tensor *y = keep_only_output(c, fn(c, x, user), data_mark, meta_mark);
+    c->grad_enabled = grad;
+    if (!grad) return y;
     /* Recorded even when x needs no gradient: parameters inside fn may. */
     qt_node *n = push_node(c, "checkpoint", checkpoint_backward, y, 1, &x);
     ckpt_ext *e = qt_step_host_alloc(c, sizeof *e);

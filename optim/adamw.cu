@@ -30,7 +30,7 @@ __global__ void sumsq_kernel(const T *g, int64_t n, float *out) {
     if (threadIdx.x < 32) {
         s = threadIdx.x < (blockDim.x >> 5) ? warp[threadIdx.x] : 0.0f;
         for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (threadIdx.x == 0) atomicAdd(out, s);
+        if (threadIdx.x == 0) *out = s;
     }
 }
 
@@ -123,11 +123,12 @@ extern "C" void qt_adamw_cuda_free(qt_adamw *o) {
 extern "C" double qt_adamw_cuda_sumsq(qt_adamw *o) {
     adamw_dev *d = (adamw_dev *)o->dev;
     cudaStream_t s = qt_stream(o->ctx);
-    QT_CUDA_CHECK(cudaMemsetAsync(d->sumsq, 0, sizeof(float) * (size_t)o->n, s));
     for (int i = 0; i < o->n; i++) {
         const qt_tensor *g = o->params[i]->grad;
         QT_DISPATCH_FLOAT(g->dtype, "adamw sumsq", {
-            sumsq_kernel<T><<<grid(g->numel), 256, 0, s>>>((const T *)g->data, g->numel, d->sumsq + i);
+            /* One block per tensor: a fixed reduction order, so the norm (and the clipping it
+             * drives) is bit-reproducible; LoRA tensors are small enough for one block. */
+            sumsq_kernel<T><<<1, 1024, 0, s>>>((const T *)g->data, g->numel, d->sumsq + i);
             QT_LAUNCH_CHECK();
         });
     }

@@ -319,12 +319,15 @@ static void check_dropout_ckpt(void) {
     m.training = true;
     m.dropout_seed = qt_rng_next(tu_rng());
     float *g[3];
+    size_t peak[3];
     for (int run = 0; run < 3; run++) {
         m.grad_checkpointing = run == 1;
         m.lora.dropout = run == 2 ? 0.0 : 0.2;
         qt_zero_grads(c, m.lora_params, m.n_lora_params);
         qt_ctx_step_reset(c);
+        c->data[QT_STEP].peak = 0;
         qt_backward(c, llm_loss(c, &m, ids_tensor(c, &r), r.labels, r.B, r.T), NULL);
+        peak[run] = c->data[QT_STEP].peak;
         size_t n = 0;
         for (int i = 0; i < m.n_lora_params; i++) n += (size_t)m.lora_params[i]->numel;
         g[run] = malloc(n * sizeof(float));
@@ -340,6 +343,8 @@ static void check_dropout_ckpt(void) {
                    same01, n, diff02);
             TU_EXPECT(same01 == n, "checkpoint recomputation did not replay the dropout masks");
             TU_EXPECT(diff02 > n / 2, "dropout had no effect on the gradients");
+            printf("  peak STEP memory: %zu bytes without checkpointing, %zu with\n", peak[0], peak[1]);
+            TU_EXPECT(peak[1] < peak[0] * 3 / 4, "gradient checkpointing does not save activation memory");
         }
     }
     for (int run = 0; run < 3; run++) free(g[run]);
