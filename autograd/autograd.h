@@ -306,6 +306,16 @@ qt_tensor *qt_matmul(qt_ctx *c, qt_tensor *a, qt_tensor *b, bool ta, bool tb);
 void qt_gemm(qt_ctx *c, qt_tensor *y, const qt_tensor *a, const qt_tensor *b, bool ta, bool tb,
              bool accumulate);
 
+/* LoRA adapter on a base projection: out = y + scale · (dropout(x) · Aᵀ) · Bᵀ.
+ * x [N, in] and y [N, out] share a float dtype; A [r, in] and B [out, r] are F32 (F64 on the
+ * CPU). Dropout is qt_dropout's mask (same p, seed: same mask); p = 0 turns it off.
+ * y is CONSUMED: out is written into y's buffer, so y must be a STEP tensor that nothing
+ * reads before or after (e.g. the fresh output of the base matmul); its gradient is out's.
+ * On the GPU the GEMMs run in x's dtype (A, B, and the [N, r] bottleneck rounded to it)
+ * with F32 accumulation; A's and B's gradients are accumulated in F32. */
+qt_tensor *qt_lora(qt_ctx *c, qt_tensor *y, qt_tensor *x, qt_tensor *A, qt_tensor *B, double scale,
+                   double dropout, uint64_t seed);
+
 /* y[n,:] = table[ids[n], :]; ids I32 [N], table [V, H]. Out-of-range ids abort. */
 qt_tensor *qt_embedding(qt_ctx *c, qt_tensor *table, qt_tensor *ids);
 

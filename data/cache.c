@@ -133,6 +133,7 @@ int qt_data_cache_key(const qt_data_opts *o, char key[33], qt_err *e) {
     const char *eos = o->eos_token ? o->eos_token : "";
     qd_hash_field(&h, "eos_token", eos, strlen(eos));
     qd_hash_u64(&h, "format", (uint64_t)o->format);
+    if (o->format == QT_FMT_TOKENS) qd_hash_u64(&h, "tokens_eos_id", (uint64_t)o->tokens_eos_id);
     qd_hash_u64(&h, "chat_template", (uint64_t)o->chat_template);
     qd_hash_u64(&h, "seq_len", (uint64_t)o->seq_len);
     qd_hash_u64(&h, "packing", o->packing);

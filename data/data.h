@@ -80,10 +80,12 @@ extern "C" {
 
 /* Same values as trainer/config.h's qt_data_format and qt_chat_template (data cannot see
  * the trainer): cast between them. */
-typedef enum { QT_FMT_TEXT = 0, QT_FMT_ALPACA, QT_FMT_CHAT } qt_dfmt;
+/* QT_FMT_TOKENS: pre-tokenized lines {"input_ids": [ids]}, every token but the first
+ * trained; no tokenizer is needed (qt_data_opts.tokens_eos_id separates and pads). */
+typedef enum { QT_FMT_TEXT = 0, QT_FMT_ALPACA, QT_FMT_CHAT, QT_FMT_TOKENS } qt_dfmt;
 typedef enum { QT_CHAT_AUTO = 0, QT_CHAT_LLAMA3, QT_CHAT_CHATML, QT_CHAT_LLAMA2 } qt_chat_style;
 
-const char *qt_dfmt_name(qt_dfmt f);            /* "text", "alpaca", "chat" */
+const char *qt_dfmt_name(qt_dfmt f);            /* "text", "alpaca", "chat", "tokens" */
 const char *qt_chat_style_name(qt_chat_style s); /* "auto", "llama3", "chatml", "llama2" */
 int qt_chat_style_parse(const char *name, qt_chat_style *out); /* 0, or -1 for an unknown name */
 
@@ -215,6 +217,7 @@ typedef struct qt_data_opts {
     uint64_t shuffle_seed;
     const char *cache_dir;       /* NULL or "": no cache */
     bool skip_bad_lines;         /* count and skip malformed lines instead of failing */
+    int32_t tokens_eos_id;       /* format tokens: the model's EOS id (separators, padding) */
 } qt_data_opts;
 
 /* Rows of one split: ids [n_rows, seq_len] and the train flags; labels are derived. */

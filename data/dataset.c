@@ -14,7 +14,8 @@
 #include "data_internal.h"
 
 const char *qt_dfmt_name(qt_dfmt f) {
-    return f == QT_FMT_TEXT ? "text" : f == QT_FMT_ALPACA ? "alpaca" : f == QT_FMT_CHAT ? "chat" : "?";
+    return f == QT_FMT_TEXT ? "text" : f == QT_FMT_ALPACA ? "alpaca" : f == QT_FMT_CHAT ? "chat"
+         : f == QT_FMT_TOKENS ? "tokens" : "?";
 }
 
 char *qd_read_file(const char *path, size_t *len, qt_err *e) {
@@ -107,6 +108,7 @@ int qt_encoder_init(qt_encoder *enc, const tok_tokenizer *t, qt_dfmt format, con
         QT_CHECK(tp && tp->style != QT_CHAT_AUTO, "qt_encoder_init: chat needs a resolved template");
         enc->tmpl = *tp;
     }
+    if (format == QT_FMT_TOKENS) return 0; /* ids as given: no tokenizer, no BOS added */
     /* What the post-processor puts before a sequence (Llama: BOS): encode "a" with and
      * without special tokens and take what comes before the plain ids. */
     tok_ids plain = {0}, full = {0};
@@ -135,8 +137,27 @@ static const char *const ALPACA_NO_INPUT =
     "Below is an instruction that describes a task. "
     "Write a response that appropriately completes the request.\n\n### Instruction:\n";
 
+/* {"input_ids": [int, ...]}: ids in [0, 2^31), at least 2 of them. */
+static int render_ids(qt_render *r, const cJSON *j, qt_err *e) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, "input_ids");
+    if (!a) return qt_errf(e, "field 'input_ids' is missing (format tokens: {\"input_ids\": [ids]})");
+    if (!cJSON_IsArray(a)) return qt_errf(e, "field 'input_ids' must be an array of token ids");
+    int i = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, a) {
+        double v = cJSON_IsNumber(it) ? it->valuedouble : -1;
+        if (!(v >= 0 && v < 2147483648.0) || v != (double)(int64_t)v)
+            return qt_errf(e, "field 'input_ids[%d]' must be a token id (an integer >= 0)", i);
+        qt_render_id(r, (int32_t)v, true);
+        i++;
+    }
+    if (i < 2) return qt_errf(e, "field 'input_ids' needs at least 2 ids (one to predict from, one to predict)");
+    return 0;
+}
+
 static int render_record(qt_encoder *enc, const cJSON *j, qt_err *e) {
     qt_render *r = &enc->r;
+    if (enc->format == QT_FMT_TOKENS) return render_ids(r, j, e);
     if (enc->format == QT_FMT_TEXT) {
         const char *text = str_field(j, "text", "text", false, NULL, e);
         if (!text) return -1;
@@ -506,7 +527,11 @@ static int check_opts(const qt_data_opts *o, qt_err *e) {
         return qt_errf(e, "data: seq_len %lld out of range [2, 16777216]", (long long)o->seq_len);
     if (!(o->eval_split >= 0 && o->eval_split < 1))
         return qt_errf(e, "data: eval_split %g out of range [0, 1)", o->eval_split);
-    if (o->format < QT_FMT_TEXT || o->format > QT_FMT_CHAT) return qt_errf(e, "data: unknown format %d", (int)o->format);
+    if (o->format < QT_FMT_TEXT || o->format > QT_FMT_TOKENS) return qt_errf(e, "data: unknown format %d", (int)o->format);
+    if (o->format == QT_FMT_TOKENS) {
+        if (o->tokens_eos_id < 0) return qt_errf(e, "data: format tokens needs the model's EOS id");
+        return 0;
+    }
     if (o->chat_template < QT_CHAT_AUTO || o->chat_template > QT_CHAT_LLAMA2)
         return qt_errf(e, "data: unknown chat_template %d", (int)o->chat_template);
     if ((!o->tokenizer_path || !o->tokenizer_path[0]) && (!o->model_dir || !o->model_dir[0]))
@@ -524,16 +549,19 @@ static int build(qt_dataset *d, const qt_data_opts *o, qt_err *e) {
     char tpath[QT_DATA_PATH_MAX + 64];
     tokenizer_path(o, tpath, sizeof tpath);
     tok_tokenizer *t = NULL;
-    if (tok_load(&t, tpath, e) != 0) return -1;
-    d->stats.tokenizer_loaded = true;
-    tok_set_split_special(t, true); /* data is plain text: "<|eot_id|>" in a message stays characters */
+    bool ids_only = o->format == QT_FMT_TOKENS;
+    if (!ids_only) {
+        if (tok_load(&t, tpath, e) != 0) return -1;
+        d->stats.tokenizer_loaded = true;
+        tok_set_split_special(t, true); /* data is plain text: "<|eot_id|>" in a message stays characters */
+    }
     qt_template tp = {0};
     qt_encoder enc = {0};
     qt_render_stats rs = {0};
     examples xt = {0}, xe = {0};
     int64_t *order = NULL;
     int rc = -1;
-    int32_t eos = qt_data_find_eos(t, o->model_dir, o->eos_token, e);
+    int32_t eos = ids_only ? o->tokens_eos_id : qt_data_find_eos(t, o->model_dir, o->eos_token, e);
     if (eos < 0) goto out;
     if (o->format == QT_FMT_CHAT) {
         if (qt_template_resolve(&tp, o->chat_template, o->model_dir, t, e) != 0) goto out;
@@ -554,7 +582,14 @@ static int build(qt_dataset *d, const qt_data_opts *o, qt_err *e) {
         goto out;
     }
     d->eos_id = d->pad_id = eos;
-    d->vocab_size = tok_vocab_size(t);
+    if (ids_only) { /* the largest id (and EOS) must fit the model: the trainer checks vocab_size */
+        int32_t mx = eos;
+        for (size_t i = 0; i < xt.tok.n; i++) mx = xt.tok.ids[i] > mx ? xt.tok.ids[i] : mx;
+        for (size_t i = 0; i < xe.tok.n; i++) mx = xe.tok.ids[i] > mx ? xe.tok.ids[i] : mx;
+        d->vocab_size = mx + 1;
+    } else {
+        d->vocab_size = tok_vocab_size(t);
+    }
     order = qd_xrealloc(NULL, (size_t)xt.n * sizeof *order);
     qd_permutation(order, xt.n, o->shuffle_seed);
     int64_t n_eval = 0;

@@ -25,6 +25,15 @@ static void synthetic_split(qt_data_split *s, int64_t n_rows, int T, int V, qt_r
     s->n_loss_tokens = n_rows * (T - 1);
 }
 
+qt_data_opts qt_batches_data_opts(const qt_config *cfg, const hf_config *h) {
+    return (qt_data_opts){.train_path = cfg->data.train, .eval_path = cfg->data.eval[0] ? cfg->data.eval : NULL,
+                          .model_dir = cfg->model.path[0] ? cfg->model.path : NULL,
+                          .format = (qt_dfmt)cfg->data.format, .chat_template = (qt_chat_style)cfg->data.chat_template,
+                          .seq_len = cfg->data.seq_len, .packing = cfg->data.packing, .eval_split = cfg->data.eval_split,
+                          .shuffle_seed = (uint64_t)cfg->data.shuffle_seed, .cache_dir = cfg->data.cache_dir,
+                          .tokens_eos_id = h->n_eos > 0 ? h->eos_token_ids[0] : -1};
+}
+
 int qt_batches_open(qt_batches *s, const qt_config *cfg, const llm_model *m, qt_err *e) {
     memset(s, 0, sizeof *s);
     int B = (int)cfg->train.micro_batch, T = (int)cfg->data.seq_len, V = m->cfg.vocab_size;
@@ -34,11 +43,7 @@ int qt_batches_open(qt_batches *s, const qt_config *cfg, const llm_model *m, qt_
         return qt_errf(e, "data.seq_len %d exceeds the model's max_position_embeddings %d", T,
                        m->cfg.max_position_embeddings);
     if (cfg->data.train[0]) {
-        qt_data_opts o = {.train_path = cfg->data.train, .eval_path = cfg->data.eval[0] ? cfg->data.eval : NULL,
-                          .model_dir = cfg->model.path[0] ? cfg->model.path : NULL,
-                          .format = (qt_dfmt)cfg->data.format, .chat_template = (qt_chat_style)cfg->data.chat_template,
-                          .seq_len = T, .packing = cfg->data.packing, .eval_split = cfg->data.eval_split,
-                          .shuffle_seed = (uint64_t)cfg->data.shuffle_seed, .cache_dir = cfg->data.cache_dir};
+        qt_data_opts o = qt_batches_data_opts(cfg, &m->cfg);
         if (qt_data_load(&s->data, &o, e) != 0) return -1;
         if (s->data.vocab_size > V) {
             qt_data_free(&s->data);

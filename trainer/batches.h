@@ -22,6 +22,8 @@ typedef struct qt_batches {
 } qt_batches;
 
 int qt_batches_open(qt_batches *s, const qt_config *cfg, const llm_model *m, qt_err *e);
+/* The data module's options for cfg's JSONL data (model h gives the EOS id of format tokens). */
+qt_data_opts qt_batches_data_opts(const qt_config *cfg, const hf_config *h);
 void qt_batches_close(qt_batches *s);
 /* Next training micro-batch (valid until the next call). */
 void qt_batches_next(qt_batches *s, qt_batch *b);

@@ -34,7 +34,7 @@ extern "C" {
 #define QT_CFG_DEPTH_MAX 16         /* YAML nesting levels accepted before refusing */
 
 typedef enum { QT_QUANT_NONE = 0, QT_QUANT_NF4 } qt_quant_type;
-typedef enum { QT_DATA_TEXT = 0, QT_DATA_ALPACA, QT_DATA_CHAT } qt_data_format;
+typedef enum { QT_DATA_TEXT = 0, QT_DATA_ALPACA, QT_DATA_CHAT, QT_DATA_TOKENS } qt_data_format;
 typedef enum { QT_TMPL_AUTO = 0, QT_TMPL_LLAMA3, QT_TMPL_CHATML, QT_TMPL_LLAMA2 } qt_chat_template;
 typedef enum { QT_SCHED_CONSTANT = 0, QT_SCHED_LINEAR, QT_SCHED_COSINE } qt_lr_schedule;
 typedef enum {

@@ -16,7 +16,7 @@
 static const char *const dtype_names[] = {[QT_F32] = "f32", [QT_BF16] = "bf16", [QT_F16] = "f16"};
 static const char *const device_names[] = {[QT_CPU] = "cpu", [QT_CUDA] = "cuda"};
 static const char *const quant_names[] = {"none", "nf4"};
-static const char *const format_names[] = {"text", "alpaca", "chat"};
+static const char *const format_names[] = {"text", "alpaca", "chat", "tokens"};
 static const char *const template_names[] = {"auto", "llama3", "chatml", "llama2"};
 static const char *const sched_names[] = {"constant", "linear", "cosine"};
 static const char *const gguf_names[] = {"none", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m"};

@@ -157,14 +157,13 @@ static qt_tensor *linear(qt_ctx *c, const llm_model *m, const llm_linear *lin, q
     qt_tensor *y = lin->wq ? nf4_linear(c, x, lin->wq) : qt_matmul(c, x, lin->w, false, true);
     if (lin->b) y = qt_add_bias(c, y, lin->b);
     if (!lin->lora_a) return y;
-    /* The adapter runs in float32 (PEFT keeps A, B in fp32 and casts the result back). */
-    qt_tensor *xf = x->dtype == QT_F32 ? x : qt_cast(c, x, QT_F32);
-    if (m->training && m->lora.dropout > 0)
-        xf = qt_dropout(c, xf, m->lora.dropout, m->dropout_seed ^ (0x9e3779b97f4a7c15ull * (lin->id + 1)));
-    qt_tensor *t = qt_matmul(c, xf, lin->lora_a, false, true);
-    qt_tensor *u = qt_scale(c, qt_matmul(c, t, lin->lora_b, false, true), lin->lora_scale);
-    if (y->dtype != QT_F32) u = qt_cast(c, u, y->dtype);
-    return qt_add(c, y, u);
+    /* One fused op adds s·(dropout(x)·Aᵀ)·Bᵀ into y's fresh buffer. PEFT runs the adapter in
+     * float32 and casts back; for an F32 model this is the same math, for BF16/F16 the GEMMs
+     * run in the model dtype with float accumulation and F32 gradients of A and B (see
+     * autograd/ops/lora.cu), which spares the F32 [tokens, out] passes. */
+    double p = m->training ? m->lora.dropout : 0.0;
+    return qt_lora(c, y, x, lin->lora_a, lin->lora_b, lin->lora_scale, p,
+                   m->dropout_seed ^ (0x9e3779b97f4a7c15ull * (lin->id + 1)));
 }
 
 typedef struct layer_call {

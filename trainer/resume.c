@@ -97,11 +97,7 @@ int qt_run_identity(const qt_config *cfg, const hf_config *h, ck_identity *id, q
     }
     /* JSONL: the data module's cache key hashes the files, the tokenizer and every option that
      * changes the rows (as batches.c passes them). */
-    qt_data_opts o = {.train_path = cfg->data.train, .eval_path = cfg->data.eval[0] ? cfg->data.eval : NULL,
-                      .model_dir = dir[0] ? dir : NULL, .format = (qt_dfmt)cfg->data.format,
-                      .chat_template = (qt_chat_style)cfg->data.chat_template, .seq_len = cfg->data.seq_len,
-                      .packing = cfg->data.packing, .eval_split = cfg->data.eval_split,
-                      .shuffle_seed = (uint64_t)cfg->data.shuffle_seed};
+    qt_data_opts o = qt_batches_data_opts(cfg, h);
     char key[33];
     qt_err ke;
     if (qt_data_cache_key(&o, key, &ke) != 0) /* loading the data will say what is wrong */
