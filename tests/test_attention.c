@@ -1,8 +1,11 @@
 /* qt_attention: forward against a naive masked-softmax formula, float64 finite differences
- * (GQA, plain multi-head, T = 1) and GPU parity for F32/BF16/F16 (incl. T = 1031). */
+ * (GQA, plain multi-head, T = 1) and GPU parity for F32/BF16/F16 (incl. T = 1031), each
+ * case on both CUDA paths (row kernels and cuBLAS tensor cores, forced), plus the cuBLAS
+ * path with small row blocks and a tight scratch, and the automatic choice. */
 #include <math.h>
 #include <stdlib.h>
 
+#include "autograd/ops/attention.h"
 #include "testutil.h"
 
 #define QT_TEST_HAS_CUDA
@@ -141,42 +144,84 @@ static void check_accumulates(dims d, qt_dtype dt) {
     qt_ctx_step_reset(g);
 }
 
-int qt_test_cuda(void) {
+/* Every case in F32/BF16/F16 against the CPU reference on the current path. */
+static void parity_cases(const char *path, const dims *cases, int n) {
     qt_ctx *c = tu_ctx(QT_CPU);
-    dims cases[] = {
-        {2, 67, 8, 2, 64},   /* GQA 4:1 */
-        {1, 1031, 4, 1, 128}, /* long, multi-query */
-        {2, 45, 6, 6, 40},   /* nh == nkv, hd not a multiple of 32 */
-        {1, 19, 2, 1, 256},  /* largest head dim */
-        {3, 1, 4, 2, 96},    /* T = 1 */
-    };
-    /* Tolerances: a float emulation of these kernels' arithmetic (online softmax, tree warp
+    /* Tolerances: a float emulation of the row kernels' arithmetic (online softmax, tree warp
      * sums, D from the rounded O as fused kernels do, gradients rounded to the dtype) against
      * the float64 reference gave, at T = 1031 hd = 128: f32 out 4e-7, grads <= 1.3e-6; bf16
      * ~2e-3 (output and gradients are stored in bf16: half an ulp is 2e-3); f16 ~2.3e-4.
-     * The bounds leave 5-10x margin. */
+     * The bounds leave 5-10x margin. The cuBLAS path rounds P and dS to the dtype before
+     * their GEMMs (as flash attention does): errors of the same order, same bounds. */
     qt_dtype dts[3] = {QT_F32, QT_BF16, QT_F16};
     double tol_out[3] = {1e-5, 1e-2, 3e-3}, tol_grad[3] = {1e-5, 1e-2, 3e-3};
-    for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
+    for (int i = 0; i < n; i++) {
         qt_ctx_step_reset(c);
         qt_tensor *in[3];
         make_qkv(c, &cases[i], QT_F32, 2.0, in);
         char name[32];
-        snprintf(name, sizeof name, "attn T=%d hd=%d", cases[i].T, cases[i].hd);
+        snprintf(name, sizeof name, "%s T=%d hd=%d", path, cases[i].T, cases[i].hd);
         for (int d = 0; d < 3; d++)
-            tu_cuda_parity(name, f_attn, in, 3, &cases[i], dts[d], tol_out[d], tol_grad[d]);
+            tu_cuda_parity(name, f_attn, in, 3, (void *)&cases[i], dts[d], tol_out[d], tol_grad[d]);
     }
-    /* frozen q (no dq kernel), then frozen k and v (no dk/dv kernel) */
-    for (int f = 0; f < 2; f++) {
-        qt_ctx_step_reset(c);
-        qt_tensor *in[3];
-        make_qkv(c, &cases[0], QT_F32, 2.0, in);
-        if (f == 0) in[0]->requires_grad = false;
-        else in[1]->requires_grad = in[2]->requires_grad = false;
-        tu_cuda_parity(f == 0 ? "attn q frozen" : "attn kv frozen", f_attn, in, 3, &cases[0], QT_F32,
-                       tol_out[0], tol_grad[0]);
+}
+
+int qt_test_cuda(void) {
+    qt_ctx *c = tu_ctx(QT_CPU);
+    dims cases[] = {
+        {2, 67, 8, 2, 64},    /* GQA 4:1 */
+        {2, 300, 8, 2, 64},   /* GQA, long enough for the cuBLAS path by default */
+        {1, 1031, 4, 1, 128}, /* long, multi-query */
+        {2, 45, 6, 6, 40},    /* nh == nkv, hd not a multiple of 32 */
+        {1, 19, 2, 1, 256},   /* largest head dim */
+        {3, 1, 4, 2, 96},     /* T = 1 */
+    };
+    const int ncases = (int)(sizeof cases / sizeof cases[0]);
+    qt_attn_path paths[2] = {QT_ATTN_ROWS, QT_ATTN_TC};
+    const char *pname[2] = {"rows", "tc"};
+    for (int p = 0; p < 2; p++) {
+        qt_attn_cfg.path = paths[p];
+        long before = qt_attn_cfg.tc_calls;
+        parity_cases(pname[p], cases, ncases);
+        /* frozen q (no dq), then frozen k and v (no dk/dv) */
+        for (int f = 0; f < 2; f++) {
+            qt_ctx_step_reset(c);
+            qt_tensor *in[3];
+            make_qkv(c, &cases[1], QT_F32, 2.0, in);
+            if (f == 0) in[0]->requires_grad = false;
+            else in[1]->requires_grad = in[2]->requires_grad = false;
+            tu_cuda_parity(f == 0 ? "q frozen" : "kv frozen", f_attn, in, 3, &cases[1], QT_F32, 1e-5, 1e-5);
+        }
+        check_accumulates(cases[p == 0 ? 0 : 1], QT_F32);
+        check_accumulates(cases[p == 0 ? 0 : 1], QT_BF16);
+        long ran = qt_attn_cfg.tc_calls - before;
+        printf("  path %s: %ld cuBLAS-path calls\n", pname[p], ran);
+        TU_EXPECT(p == 0 ? ran == 0 : ran >= 2 * 3 * ncases, "path %s ran the cuBLAS path %ld times",
+                  pname[p], ran);
     }
-    check_accumulates(cases[0], QT_F32);
-    check_accumulates(cases[0], QT_BF16);
+    /* cuBLAS path with blocks of 48 query rows (the last one 11) and a scratch that holds only
+     * two of the three KV heads in backward: row blocks, a part-filled head batch, GQA 2:1. */
+    {
+        dims d = {2, 203, 6, 3, 32};
+        qt_attn_cfg.path = QT_ATTN_TC;
+        qt_attn_cfg.qblk = 48;
+        qt_attn_cfg.cap = 320000;
+        parity_cases("tc blocks", &d, 1);
+        printf("  tc blocks: last call %d rows per block, %d heads per GEMM\n", qt_attn_cfg.last_tq,
+               qt_attn_cfg.last_nb);
+        TU_EXPECT(qt_attn_cfg.last_tq == 48 && qt_attn_cfg.last_nb == 2,
+                  "expected 48 rows x 2 heads, got %d x %d", qt_attn_cfg.last_tq, qt_attn_cfg.last_nb);
+        qt_attn_cfg.qblk = 0;
+        qt_attn_cfg.cap = 0;
+    }
+    /* AUTO: row kernels below QT_ATTN_TC_MIN_T, cuBLAS from there on. */
+    qt_attn_cfg.path = QT_ATTN_AUTO;
+    for (int i = 0; i < 2; i++) {
+        long before = qt_attn_cfg.tc_calls;
+        parity_cases("auto", &cases[i], 1);
+        bool tc = qt_attn_cfg.tc_calls > before;
+        printf("  auto T=%d: %s path\n", cases[i].T, tc ? "cuBLAS" : "row-kernel");
+        TU_EXPECT(tc == (cases[i].T >= QT_ATTN_TC_MIN_T), "auto took the wrong path at T=%d", cases[i].T);
+    }
     return 0;
 }

@@ -1,9 +1,9 @@
 /* Causal grouped-query attention: out = softmax(q k^T / sqrt(hd) + causal mask) v per (batch,
  * query head), query head h reading KV head h / (nh / nkv).
  *
- * This is the straightforward version: plain kernels (attention.cu), O(T^2 * hd) work with no
- * tensor cores. cuDNN fused attention replaces the CUDA path later, with the performance
- * work; this file's CPU reference and the tests stay as its oracle.
+ * Two CUDA paths (attention.h says which runs when): plain warp-per-row kernels
+ * (attention.cu, no tensor cores) and cuBLAS tensor-core GEMMs over blocks of query rows
+ * (attention_tc.cu). This file's CPU reference and the tests are the oracle for both.
  *
  * Memory: forward saves only the per-row log-sum-exp of the scaled scores (lse, [B, nh, T]);
  * backward recomputes the probabilities from q, k and lse, flash-attention style, so nothing
@@ -12,6 +12,8 @@
 #include <math.h>
 
 #include "attention.h"
+
+qt_attn_config qt_attn_cfg; /* AUTO, defaults */
 
 typedef struct attn_dims {
     int B, T, nh, nkv, hd;

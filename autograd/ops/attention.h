@@ -32,6 +32,36 @@ void qt_cuda_attention_bwd(qt_ctx *c, const qt_tensor *dout, const qt_tensor *ou
                            const qt_tensor *k, const qt_tensor *v, qt_tensor *dq, qt_tensor *dk,
                            qt_tensor *dv, int B, int T, int nh, int nkv, int hd);
 
+/* ---- CUDA path choice
+ * Two CUDA implementations: warp-per-row kernels (attention.cu; no tensor cores, no scratch)
+ * and a cuBLAS one (attention_tc.cu; tensor-core GEMMs over query-row blocks, T x T scores
+ * in a bounded scratch). AUTO takes cuBLAS for T >= QT_ATTN_TC_MIN_T; the row kernels stay
+ * for short sequences and whenever the scratch cannot be had. Both save the same lse, so a
+ * forward of one path pairs with a backward of the other. Process-wide, for tests and
+ * benchmarks; the trainer leaves it at AUTO. */
+#define QT_ATTN_TC_MIN_T 128
+
+typedef enum { QT_ATTN_AUTO = 0, QT_ATTN_ROWS, QT_ATTN_TC } qt_attn_path;
+
+typedef struct qt_attn_config {
+    qt_attn_path path;
+    int qblk;       /* query rows per block of the cuBLAS path (0: default, 512) */
+    size_t cap;     /* scratch bytes it may take per call (0: default, 256 MiB) */
+    long tc_calls;  /* counts cuBLAS-path forwards and backwards (tests check it ran) */
+    int last_tq, last_nb; /* the last call's rows per block and heads per batched GEMM */
+} qt_attn_config;
+extern qt_attn_config qt_attn_cfg; /* defined in attention.c */
+
+/* cuBLAS path: false (nothing done) when it is not chosen or gets no scratch; the launchers
+ * above call these first. */
+bool qt_cuda_attention_tc_fwd(qt_ctx *c, qt_tensor *out, qt_tensor *lse, const qt_tensor *q,
+                              const qt_tensor *k, const qt_tensor *v, int B, int T, int nh, int nkv,
+                              int hd);
+bool qt_cuda_attention_tc_bwd(qt_ctx *c, const qt_tensor *dout, const qt_tensor *out,
+                              const qt_tensor *lse, qt_tensor *dsum, const qt_tensor *q,
+                              const qt_tensor *k, const qt_tensor *v, qt_tensor *dq, qt_tensor *dk,
+                              qt_tensor *dv, int B, int T, int nh, int nkv, int hd);
+
 /* out = attention of q's Tq rows (positions past..past+Tq-1) over the caches' rows
  * b*Tmax + 0..past+t; out has q's dtype. */
 void qt_cuda_attention_kv(qt_ctx *c, qt_tensor *out, const qt_tensor *q, const qt_tensor *kc,
