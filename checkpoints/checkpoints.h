@@ -40,6 +40,9 @@ char *ck_read_file(const char *path, size_t max_bytes, size_t *len, qt_err *e);
  * fsync, rename, fsync of the folder. On error the old file (if any) is untouched. */
 typedef struct ck_chunk { const void *data; uint64_t len; } ck_chunk;
 int ck_write_atomic(const char *path, const ck_chunk *chunks, int n, qt_err *e);
+/* open(path) read-only, refusing what is not a regular file; the fd (>= 0) and its size,
+ * or -1 with the reason in e. */
+int ck_open_file(const char *path, uint64_t *size, qt_err *e);
 /* mkdir -p */
 int ck_mkdirs(const char *dir, qt_err *e);
 

@@ -67,6 +67,18 @@ int ck_write_atomic(const char *path, const ck_chunk *chunks, int n, qt_err *e) 
     return 0;
 }
 
+int ck_open_file(const char *path, uint64_t *size, qt_err *e) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return qt_errf(e, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return qt_errf(e, "%s: not a regular file", path);
+    }
+    *size = (uint64_t)st.st_size;
+    return fd;
+}
+
 int ck_mkdirs(const char *dir, qt_err *e) {
     size_t n = strlen(dir);
     char *p = malloc(n + 1);

@@ -483,16 +483,12 @@ static int parse(gguf_file *f, rd *r) {
 
 int gguf_open(gguf_file *f, const char *path, qt_err *e) {
     memset(f, 0, sizeof *f);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return qt_errf(e, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return qt_errf(e, "%s: not a regular file", path);
-    }
+    uint64_t fsize;
+    int fd = ck_open_file(path, &fsize, e);
+    if (fd < 0) return -1;
     f->path = strdup(path);
     QT_CHECK(f->path, "out of host memory");
-    f->size = (size_t)st.st_size;
+    f->size = (size_t)fsize;
     if (f->size > 0) {
         void *m = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (m == MAP_FAILED) {

@@ -73,13 +73,9 @@ uint64_t ck_hash64(const void *data, size_t n) {
 }
 
 int ck_hash_file(const char *path, ck_hash *s, uint64_t *size, qt_err *e) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return qt_errf(e, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return qt_errf(e, "%s: not a regular file", path);
-    }
+    uint64_t fsize;
+    int fd = ck_open_file(path, &fsize, e);
+    if (fd < 0) return -1;
     size_t cap = (size_t)1 << 20;
     uint8_t *buf = malloc(cap);
     QT_CHECK(buf, "out of host memory");

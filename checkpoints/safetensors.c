@@ -69,24 +69,16 @@ st_dtype st_dtype_of_qt(qt_dtype dt) {
 /* ------------------------------------------------------------------ small helpers */
 
 char *ck_read_file(const char *path, size_t max_bytes, size_t *len, qt_err *e) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        qt_errf(e, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        qt_errf(e, "%s: not a regular file", path);
+    uint64_t fsize;
+    int fd = ck_open_file(path, &fsize, e);
+    if (fd < 0) return NULL;
+    if (fsize > max_bytes) {
+        qt_errf(e, "%s: %llu bytes is larger than the %zu this file may have; is it the right file?",
+                path, (unsigned long long)fsize, max_bytes);
         close(fd);
         return NULL;
     }
-    if ((uint64_t)sb.st_size > max_bytes) {
-        qt_errf(e, "%s: %lld bytes is larger than the %zu this file may have; is it the right file?",
-                path, (long long)sb.st_size, max_bytes);
-        close(fd);
-        return NULL;
-    }
-    size_t n = (size_t)sb.st_size, got = 0;
+    size_t n = (size_t)fsize, got = 0;
     char *buf = malloc(n + 1);
     QT_CHECK(buf, "out of host memory (%zu bytes)", n + 1);
     while (got < n) {
@@ -368,20 +360,13 @@ int st_open(st_file *f, const char *path, qt_err *e) {
     memset(f, 0, sizeof *f);
     f->path = strdup(path);
     QT_CHECK(f->path, "out of host memory");
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    uint64_t fsize;
+    int fd = ck_open_file(path, &fsize, e);
     if (fd < 0) {
-        qt_errf(e, "%s: cannot open: %s", path, strerror(errno));
         st_close(f);
         return -1;
     }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        qt_errf(e, "%s: not a regular file", path);
-        close(fd);
-        st_close(f);
-        return -1;
-    }
-    f->size = (size_t)sb.st_size;
+    f->size = (size_t)fsize;
     if (f->size > 0) {
         void *p = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (p == MAP_FAILED) {
@@ -709,7 +694,7 @@ int st_to_qt(const st_tensor *t, qt_tensor *dst, qt_err *e) {
             if (v[i] < INT32_MIN || v[i] > INT32_MAX)
                 rc = qt_errf(e, "%s: tensor '%s' element %lld = %.0f does not fit the int32 it is loaded into",
                              t->file, t->name, (long long)i, v[i]);
-            w[i] = (int32_t)v[i];
+            else w[i] = (int32_t)v[i]; /* only in range: converting any other double is undefined */
         }
         if (rc == 0) qt_upload(dst, w, QT_I32);
         free(w);
