@@ -9,6 +9,7 @@
  * The token array always has config vocab_size entries (llama.cpp requires it to equal the
  * embedding rows): ids the tokenizer does not define become "[PAD<id>]", type unused. */
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -288,7 +289,8 @@ int gguf_set_tokenizer(gguf_writer *w, const char *tokenizer_json, const char *m
     /* texts and types: vocab, then added tokens over it, then padding for undefined ids */
     const cJSON *it;
     cJSON_ArrayForEach(it, vmap) {
-        if (!cJSON_IsNumber(it) || it->valuedouble != (double)(long)it->valuedouble) {
+        /* magnitude first: converting a double outside long's range is undefined */
+        if (!cJSON_IsNumber(it) || !(fabs(it->valuedouble) < 1e18) || it->valuedouble != (double)(long)it->valuedouble) {
             rc = qt_errf(e, "%s: model.vocab['%.60s'] is not an integer id", tokenizer_json, it->string);
             goto done;
         }
@@ -301,7 +303,7 @@ int gguf_set_tokenizer(gguf_writer *w, const char *tokenizer_json, const char *m
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(it, "content");
         const cJSON *special = cJSON_GetObjectItemCaseSensitive(it, "special");
-        if (!cJSON_IsNumber(id) || !cJSON_IsString(content)) {
+        if (!cJSON_IsNumber(id) || !(fabs(id->valuedouble) < 1e18) || !cJSON_IsString(content)) {
             rc = qt_errf(e, "%s: an added_tokens entry lacks an integer 'id' or a string 'content'", tokenizer_json);
             goto done;
         }

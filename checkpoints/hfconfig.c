@@ -238,6 +238,9 @@ static int parse_config(jctx *J, const cJSON *root, hf_config *c) {
         return qt_errf(J->e, "%s: hidden_size %d is not divisible by num_attention_heads %d and no head_dim is "
                        "given; " FIX_CFG, J->where, H, nh);
     if (jint(J, root, "", "head_dim", false, H / nh, 2, HF_MAX_HEAD_DIM, &c->head_dim)) return -1;
+    if (c->head_dim < 2 || c->head_dim > HF_MAX_HEAD_DIM) /* the default H / nh is not range-checked by jint */
+        return qt_errf(J->e, "%s: head_dim %d (hidden_size %d / num_attention_heads %d) is outside the supported "
+                       "range 2..%d; " FIX_CFG, J->where, c->head_dim, H, nh, HF_MAX_HEAD_DIM);
     if (c->head_dim % 2)
         return qt_errf(J->e, "%s: head_dim %d is odd; RoPE rotates pairs, so it must be even; " FIX_CFG, J->where,
                        c->head_dim);

@@ -514,6 +514,11 @@ static void test_hostile(qt_config *c) {
             TU_EXPECT(e.msg[0] && !strchr(e.msg, '\n'), "mutation %d: bad message: %s", i, e.msg);
         }
     }
+    /* found by tests/fuzz: a tab after a comma in lora.targets made the parser skip past the string's end */
+    const char *tabs = "model: {synthetic: tiny}\nlora:\n  targets: \"q,\\tv , \\t down\"\n";
+    TU_EXPECT(load_text(c, tabs, strlen(tabs), NULL, 0, &e, NULL) == 0 &&
+                  c->lora.targets == ((1u << QT_LORA_Q) | (1u << QT_LORA_V) | (1u << QT_LORA_DOWN)),
+              "targets with tabs: %s", e.msg);
     /* found by tests/fuzz: strings that YAML cannot hold raw must still print and load back */
     const char *esc = "model: {synthetic: tiny}\ndata:\n  train: \"a\\x80b\\x9f\\u0085c\\uFFFEd\\uFFFF\\x7f\\te\"\n";
     TU_EXPECT(load_text(c, esc, strlen(esc), NULL, 0, &e, NULL) == 0, "escaped controls: %s", e.msg);

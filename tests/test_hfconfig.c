@@ -212,6 +212,10 @@ static void bad_configs(void) {
         {"negative intermediate", "\"intermediate_size\": 14336", "\"intermediate_size\": -5", "'intermediate_size' = -5 is outside"},
         {"absurd total", "\"intermediate_size\": 14336", "\"intermediate_size\": 1048576, \"num_hidden_layers\": 1000", "parameters, more than"},
         {"odd head_dim", "\"hidden_size\": 4096,", "\"hidden_size\": 4096, \"head_dim\": 127,", "head_dim 127 is odd"},
+        /* found by tests/fuzz: the default head_dim (hidden_size / heads) skipped the limit */
+        {"default head_dim too large", "\"num_attention_heads\": 32,\n  \"num_hidden_layers\": 32,\n  \"num_key_value_heads\": 8",
+         "\"num_attention_heads\": 2,\n  \"num_hidden_layers\": 32,\n  \"num_key_value_heads\": 2",
+         "head_dim 2048 (hidden_size 4096 / num_attention_heads 2) is outside the supported range 2..1024"},
         {"eps zero", "\"rms_norm_eps\": 1e-05", "\"rms_norm_eps\": 0", "'rms_norm_eps' = 0 is outside"},
         {"theta as string", "\"rope_theta\": 500000.0", "\"rope_theta\": \"500000\"", "'rope_theta' must be a number, got a string"},
         {"model_type qwen3", "\"model_type\": \"llama\"", "\"model_type\": \"qwen3\"", "model_type 'qwen3' is not supported"},

@@ -461,7 +461,7 @@ static int add_targets(const qt_cfg_field *f, const qt_ynode *v, uint32_t *mask,
     const char *p = v->text;
     while (*p) {
         size_t len = strcspn(p, ",");
-        const char *e = p + len;
+        const char *e = p + len, *next = e + (*e == ','); /* p moves past spaces: keep where the next one starts */
         while (p < e && isspace((unsigned char)*p)) p++;
         while (e > p && isspace((unsigned char)e[-1])) e--;
         char name[32];
@@ -487,7 +487,7 @@ static int add_targets(const qt_cfg_field *f, const qt_ynode *v, uint32_t *mask,
             return -1;
         }
         *mask |= bits;
-        p += len + (p[len] == ',');
+        p = next;
         while (*p == ' ') p++;
     }
     return 0;

@@ -134,7 +134,12 @@ static int imatrix_load(imatrix *m, const char *path, qt_err *e) {
             char base[GGUF_MAX_NAME + 16];
             snprintf(base, sizeof base, "%.*s.counts", (int)(l - 8), s->name);
             const gguf_tensor_info *c = gguf_find_tensor(&f, base);
-            if (!c || s->type != 0 || c->type != 0 || c->ne[0] != 1 || c->ne[1] != s->ne[1]) {
+            /* 2-D, so that ne[0] x ne[1] is every value the file holds (a 3-D one with ne[2] = 0 holds none) */
+            if (s->n_dims > 2 || s->ne[0] < 1) {
+                rc = qt_errf(e, "%s: %s must be a 2-D F32 tensor [values per row, matrices]", path, s->name);
+                break;
+            }
+            if (!c || s->type != 0 || c->type != 0 || c->n_dims > 2 || c->ne[0] != 1 || c->ne[1] != s->ne[1]) {
                 rc = qt_errf(e, "%s: %s has no matching F32 %s", path, s->name, base);
                 break;
             }

@@ -42,8 +42,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     qt_data_opts o = {0};
     o.train_path = train_path;
     o.tokenizer_path = tok_path;
-    o.format = (qt_dfmt)(a % 3);
-    o.chat_template = (qt_chat_style)(1 + (a / 3) % 3);
+    o.format = (qt_dfmt)(a % 4);
+    o.tokens_eos_id = 1; /* format tokens: the model's EOS */
+    o.chat_template = (qt_chat_style)(1 + (a / 4) % 3);
     o.packing = (a >> 5) & 1;
     o.skip_bad_lines = (a >> 6) & 1;
     o.eval_split = (a >> 7) ? 0.25 : 0;

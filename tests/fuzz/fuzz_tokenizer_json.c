@@ -42,9 +42,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (int32_t id = 0; id < lim; id++) {
         run[id] = id;
         const char *s = tok_id_to_token(t, id);
-        if (s) {
+        if (s) { /* not always back to id: HF shows a normalized added token by its normalized form */
             int32_t back = tok_token_to_id(t, s);
-            fz_require(back >= 0 && back < V, "token '%s' (id %d) maps back to %d", s, id, back);
+            fz_require(back >= -1 && back < V, "token '%s' (id %d) maps back to %d", s, id, back);
         }
         tok_is_special(t, id);
     }

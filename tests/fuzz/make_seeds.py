@@ -167,6 +167,22 @@ def gguf_seeds():
         if os.path.getsize(p) <= 65536:
             put("fuzz_gguf", read(p))
     hand_written("fuzz_gguf")
+    # llama-imatrix files for tests/fixtures/models/llama-gqa (H 64, I 96, 2 layers, 4 x 16 query heads)
+    H, I, L, Q = 64, 96, 2, 64
+    rows = {"attn_q": H, "attn_k": H, "attn_v": H, "attn_output": Q, "ffn_gate": H, "ffn_up": H, "ffn_down": I}
+    ents = [("blk.%d.%s.weight" % (l, k), n) for l in range(L) for k, n in rows.items()]
+    dat = struct.pack("<i", len(ents))
+    for name, n in ents:
+        dat += struct.pack("<i", len(name)) + name.encode() + struct.pack("<ii", 10, n)
+        dat += struct.pack("<%df" % n, *[1.0 + (i % 7) for i in range(n)])
+    put("fuzz_imatrix", dat)
+    put("fuzz_imatrix", dat[:200])
+    tens = []
+    for name, n in ents[:4]:
+        tens.append((name + ".in_sum2", [n, 1], 0, 4 * n))
+        tens.append((name + ".counts", [1, 1], 0, 4))
+    put("fuzz_imatrix", gguf([("general.type", 8, "imatrix")], tens))
+    hand_written("fuzz_imatrix")
 
 
 # ------------------------------------------------------------------ tokenizers
@@ -229,6 +245,13 @@ def tok_seeds():
                             "trim_offsets": True, "add_prefix_space": True}
     put("fuzz_tokenizer_json", json.dumps(sq))
     hand_written("fuzz_tokenizer_json")
+    # the same files for the GGUF vocabulary export (first byte: with a tokenizer_config.json or not)
+    for p in sorted(glob.glob(os.path.join(OUT, "fuzz_tokenizer_json", "*"))):
+        b = read(p)
+        if len(b) < 60000:
+            put("fuzz_gguf_vocab", b"\0" + b)
+            put("fuzz_gguf_vocab", b"\1" + b)
+    hand_written("fuzz_gguf_vocab")
 
     # text for the encoder
     corpus = read(os.path.join(FIX, "tokenizer_corpus.txt"))
@@ -252,13 +275,14 @@ def data_seeds():
             {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                           {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]},
             {"messages": [{"role": "assistant", "content": "only"}]}]
-    for fmt, recs in ((0, text), (1, alpaca), (2, chat)):
-        for r in recs:
+    tokens = [{"input_ids": [1, 2, 3, 4]}, {"input_ids": [7, 7]}, {"input_ids": [0, 2929, 5]}]
+    for fmt, recs in ((0, text), (1, alpaca), (2, chat), (3, tokens)):
+        for r in recs:  # fuzz_jsonl: byte 0 = text, alpaca, chat llama3 / chatml / llama2, tokens
             line = json.dumps(r).encode()
-            for style in ((fmt,) if fmt < 2 else (2, 3, 4)):
+            for style in ((fmt,) if fmt < 2 else (2, 3, 4) if fmt == 2 else (5,)):
                 put("fuzz_jsonl", bytes([style]) + line)
         body = b"\n".join(json.dumps(r).encode() for r in recs * 3) + b"\n"
-        for opt in (fmt, fmt | 0x20, fmt | 0x40 | 0x80, fmt + 3 | 0x20):
+        for opt in (fmt, fmt | 0x20, fmt | 0x40 | 0x80, fmt + 4 | 0x20):  # fuzz_dataset: format = byte % 4
             put("fuzz_dataset", bytes([opt, 9]) + body)
         put("fuzz_dataset", bytes([fmt | 0x40, 40]) + body.replace(b"\n", b"\r\n") + b"\n\n  \n{bad\n")
     hand_written("fuzz_jsonl")
