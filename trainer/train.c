@@ -292,6 +292,10 @@ int qt_train(const qt_config *cfg, const qt_train_opts *opts, qt_train_result *r
     int64_t end = opts->stop_after > 0 && opts->stop_after < total ? opts->stop_after : total;
     double t_train = 0;
     qt_batch b;
+    /* Tests of the non-finite path: QTRAIN_TEST_NONFINITE=A-B makes the loss of steps A..B NaN. */
+    long long nan_from = 0, nan_to = -1;
+    const char *nf = getenv("QTRAIN_TEST_NONFINITE");
+    if (nf && sscanf(nf, "%lld-%lld", &nan_from, &nan_to) != 2) nan_from = 0, nan_to = -1;
     qt_profile_step(&c, false); /* the set-up (model build) is not a step */
     for (int64_t step = lp.step; step < end && !g_stop; step++) {
         double t0 = now_s(), loss = 0;
@@ -309,6 +313,7 @@ int qt_train(const qt_config *cfg, const qt_train_opts *opts, qt_train_result *r
         }
         double gn = qt_adamw_grad_norm(&opt), lr = qt_lr_at(&sch, step);
         qt_profile_mark(&c, "grad_norm", QT_PROF_OTHER);
+        if (step + 1 >= nan_from && step + 1 <= nan_to) loss = NAN; /* fault test: a poisoned batch */
         if (!isfinite(loss) || !isfinite(gn)) {
             lp.skipped++;
             fprintf(stderr, "\nqtrain: step %lld: non-finite %s; step skipped (%lld in a row)\n", (long long)step + 1,
