@@ -290,6 +290,8 @@ qt_tensor *qt_add_bias(qt_ctx *c, qt_tensor *x, qt_tensor *b);
  * the same seed gives the same mask on CPU and GPU and in a checkpointed recomputation.
  * p = 0 returns x itself. */
 qt_tensor *qt_dropout(qt_ctx *c, qt_tensor *x, double p, uint64_t seed);
+/* y = rows [r0, r1) of a 2-D x (a copy); the gradient goes back into those rows of x. */
+qt_tensor *qt_rows(qt_ctx *c, qt_tensor *x, int64_t r0, int64_t r1);
 /* y = s * a */
 qt_tensor *qt_scale(qt_ctx *c, qt_tensor *a, double s);
 /* y = a converted to dtype dt (gradient converts back) */

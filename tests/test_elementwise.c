@@ -13,6 +13,9 @@ static qt_tensor *f_cast(qt_ctx *c, qt_tensor **in, void *u) {
     return qt_scale(c, qt_cast(c, y, in[0]->dtype), 0.5);
 }
 static qt_tensor *f_bias(qt_ctx *c, qt_tensor **in, void *u) { return qt_add_bias(c, in[0], in[1]); }
+static qt_tensor *f_rows(qt_ctx *c, qt_tensor **in, void *u) {
+    return qt_add(c, qt_rows(c, in[0], 2, 5), qt_rows(c, in[0], 3, 6)); /* overlapping slices accumulate */
+}
 /* a + a: the same tensor twice must get both gradients */
 static qt_tensor *f_twice(qt_ctx *c, qt_tensor **in, void *u) { return qt_add(c, in[0], in[0]); }
 
@@ -30,6 +33,7 @@ int qt_test_cpu(void) {
     qt_tensor *bin[2] = {in[0], tu_rand(c, QT_F64, 1, sb, -1, 1)};
     bin[1]->requires_grad = true;
     tu_gradcheck(c, "add_bias", f_bias, bin, 2, NULL, 1e-6, 1e-7);
+    tu_gradcheck(c, "rows", f_rows, in, 1, NULL, 1e-6, 1e-7);
     /* A frozen input gets no gradient storage. */
     in[1]->requires_grad = false;
     in[1]->grad = NULL;
@@ -67,6 +71,7 @@ int qt_test_cuda(void) {
         tu_cuda_parity("scale", f_scale, in, 1, NULL, dts[d], tol[d], tol[d]);
         tu_cuda_parity("cast", f_cast, in, 1, NULL, dts[d], tol[d], tol[d]);
         tu_cuda_parity("add_bias", f_bias, bin, 2, NULL, dts[d], tol[d], tol[d]);
+        tu_cuda_parity("rows", f_rows, in, 1, NULL, dts[d], tol[d], tol[d]);
     }
     return 0;
 }

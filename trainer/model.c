@@ -188,7 +188,8 @@ static qt_tensor *layer_forward(qt_ctx *c, qt_tensor *x, void *user) {
     return qt_add(c, x, linear(c, lc->m, &L->lin[LIN_DOWN], g));
 }
 
-qt_tensor *llm_forward(qt_ctx *c, llm_model *m, qt_tensor *ids, int B, int T) {
+/* The final normed hidden states [B*T, H]. */
+static qt_tensor *hidden(qt_ctx *c, llm_model *m, qt_tensor *ids, int B, int T) {
     QT_CHECK(ids->numel == (int64_t)B * T, "forward: %lld ids for B=%d T=%d", (long long)ids->numel, B, T);
     qt_tensor *x = qt_embedding(c, m->embed, ids);
     for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
@@ -196,8 +197,11 @@ qt_tensor *llm_forward(qt_ctx *c, llm_model *m, qt_tensor *ids, int B, int T) {
         *lc = (layer_call){m, &m->layers[l], B, T};
         x = m->grad_checkpointing ? qt_checkpoint(c, layer_forward, x, lc) : layer_forward(c, x, lc);
     }
-    x = qt_rmsnorm(c, x, m->norm, m->cfg.rms_norm_eps);
-    return qt_matmul(c, x, m->lm_head, false, true);
+    return qt_rmsnorm(c, x, m->norm, m->cfg.rms_norm_eps);
+}
+
+qt_tensor *llm_forward(qt_ctx *c, llm_model *m, qt_tensor *ids, int B, int T) {
+    return qt_matmul(c, hidden(c, m, ids, B, T), m->lm_head, false, true);
 }
 
 void llm_shift_labels(const int32_t *labels, int B, int T, int32_t *targets) {
@@ -205,16 +209,50 @@ void llm_shift_labels(const int32_t *labels, int B, int T, int32_t *targets) {
         for (int t = 0; t < T; t++) targets[b * T + t] = t + 1 < T ? labels[b * T + t + 1] : -100;
 }
 
+/* One chunk of the loss: rows [r0, r1) of the hidden states through lm_head and CE. */
+typedef struct ce_chunk {
+    const llm_model *m;
+    qt_tensor targets; /* a view of rows [r0, r1) of the targets */
+    int64_t r0, r1;
+} ce_chunk;
+
+static qt_tensor *ce_chunk_fn(qt_ctx *c, qt_tensor *x, void *user) {
+    ce_chunk *k = user;
+    qt_tensor *logits = qt_matmul(c, qt_rows(c, x, k->r0, k->r1), k->m->lm_head, false, true);
+    return qt_cross_entropy(c, logits, &k->targets, -100);
+}
+
 qt_tensor *llm_loss(qt_ctx *c, llm_model *m, qt_tensor *ids, const int32_t *labels, int B, int T) {
-    qt_tensor *logits = llm_forward(c, m, ids, B, T);
-    int64_t n[1] = {(int64_t)B * T};
-    qt_tensor *tg = qt_empty(c, QT_STEP, QT_I32, 1, n);
-    int32_t *tv = malloc(sizeof(int32_t) * (size_t)n[0]);
+    qt_tensor *x = hidden(c, m, ids, B, T);
+    int64_t N = (int64_t)B * T, V = m->cfg.vocab_size;
+    qt_tensor *tg = qt_empty(c, QT_STEP, QT_I32, 1, &N);
+    int32_t *tv = malloc(sizeof(int32_t) * (size_t)N);
     QT_CHECK(tv, "out of host memory");
     llm_shift_labels(labels, B, T, tv);
     qt_upload(tg, tv, QT_I32);
+    int64_t total = 0;
+    for (int64_t i = 0; i < N; i++) total += tv[i] != -100;
+    int64_t chunk = m->ce_chunk_rows > 0 ? m->ce_chunk_rows
+                                         : ((int64_t)64 << 20) / (V * (int64_t)qt_dtype_size(x->dtype));
+    if (chunk < 1) chunk = 1;
+    qt_tensor *loss = NULL;
+    if (chunk >= N || total == 0) {
+        loss = qt_cross_entropy(c, qt_matmul(c, x, m->lm_head, false, true), tg, -100);
+    } else {
+        /* mean over all targets = sum over chunks of (chunk mean) * (chunk count / total) */
+        for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+            int64_t r1 = r0 + chunk < N ? r0 + chunk : N, n_c = 0;
+            for (int64_t i = r0; i < r1; i++) n_c += tv[i] != -100;
+            if (n_c == 0) continue;
+            ce_chunk *k = qt_step_host_alloc(c, sizeof *k);
+            int64_t len = r1 - r0;
+            *k = (ce_chunk){m, qt_tensor_over((int32_t *)tg->data + r0, QT_I32, tg->dev, 1, &len), r0, r1};
+            qt_tensor *l = qt_scale(c, qt_checkpoint(c, ce_chunk_fn, x, k), (double)n_c / (double)total);
+            loss = loss ? qt_add(c, loss, l) : l;
+        }
+    }
     free(tv);
-    return qt_cross_entropy(c, logits, tg, -100);
+    return loss;
 }
 
 /* ---- inference with a KV cache */

@@ -48,6 +48,9 @@ typedef struct llm_model {
     qt_tensor *embed, *norm, *lm_head; /* lm_head == embed when tied */
     llm_layer *layers;
     bool grad_checkpointing;
+    int ce_chunk_rows;      /* loss: lm_head + cross-entropy over chunks of this many tokens, each
+                               recomputed in backward, so the [tokens, vocab] logits never exist
+                               whole (0 = auto: chunks of about 64 MiB of logits) */
     bool training;          /* LoRA dropout on (set per micro-batch by the trainer) */
     uint64_t dropout_seed;  /* new for every micro-batch; replayed by checkpoint recomputes */
     llm_lora_cfg lora;

@@ -102,6 +102,41 @@ qt_tensor *qt_add_bias(qt_ctx *c, qt_tensor *x, qt_tensor *b) {
     return y;
 }
 
+/* ---- rows: a slice of a 2-D tensor */
+
+static qt_tensor rows_view(qt_tensor *t, int64_t r0, int64_t r1) {
+    int64_t shape[2] = {r1 - r0, t->shape[1]};
+    return qt_tensor_over((char *)t->data + (size_t)(r0 * t->shape[1]) * qt_dtype_size(t->dtype), t->dtype, t->dev,
+                          2, shape);
+}
+
+static void rows_backward(qt_ctx *c, qt_node *n) {
+    qt_tensor g = rows_view(qt_grad(c, n->in[0]), n->i[0], n->i[1]);
+    if (g.dev == QT_CUDA) {
+        QT_CUDA_CALL(qt_cuda_axpby, c, &g, n->out->grad, 1.0, 1.0);
+        return;
+    }
+    size_t m = qt_scratch_mark(c);
+    qt_cpu_accum(&g, qt_cpu_load(c, n->out->grad));
+    qt_scratch_reset(c, m);
+}
+
+qt_tensor *qt_rows(qt_ctx *c, qt_tensor *x, int64_t r0, int64_t r1) {
+    qt_op_check_float("rows", x);
+    qt_op_check_2d("rows", x);
+    QT_CHECK(0 <= r0 && r0 < r1 && r1 <= x->shape[0], "rows: [%lld, %lld) of %lld rows", (long long)r0,
+             (long long)r1, (long long)x->shape[0]);
+    qt_tensor v = rows_view(x, r0, r1);
+    qt_tensor *y = qt_empty(c, QT_STEP, x->dtype, 2, v.shape);
+    qt_copy(y, &v);
+    qt_node *n = qt_record(c, "rows", rows_backward, y, 1, &x);
+    if (n) {
+        n->i[0] = r0;
+        n->i[1] = r1;
+    }
+    return y;
+}
+
 /* ---- scale */
 
 static void scale_backward(qt_ctx *c, qt_node *n) { qt_accum_grad(c, n->in[0], n->out->grad, n->f[0]); }
