@@ -205,6 +205,10 @@ void tok_pretokenize(const tok_tokenizer *t, tok_work *w, const char *s, size_t 
  * the match limit; tok_encode clears it before and reports it after. */
 extern _Thread_local int tok_regex_error;
 /* Regex or literal find-all: calls fn(user, start, end) for every match, in order. */
+/* out += in[0, n) with every match of re (or, when re is NULL, every occurrence of pat)
+ * replaced by `with`: the Replace normalizer and the Replace decoder. */
+void tok_replace(tok_buf *out, const char *in, size_t n, const pcre2_code *re, pcre2_match_data *md,
+                 const char *pat, size_t pat_len, const char *with, size_t with_len);
 void tok_regex_each(const pcre2_code *re, pcre2_match_data *md, const char *s, size_t n,
                     void (*fn)(void *user, size_t start, size_t end), void *user);
 /* BPE one word; ids are appended. -1 with e when an unknown character needs an unk token

@@ -299,6 +299,26 @@ static void replace_cb(void *u, size_t a, size_t b) {
     c->prev = b;
 }
 
+void tok_replace(tok_buf *out, const char *in, size_t n, const pcre2_code *re, pcre2_match_data *md,
+                 const char *pat, size_t pat_len, const char *with, size_t with_len) {
+    if (re) {
+        replace_ctx c = {in, out, 0, with, with_len};
+        tok_regex_each(re, md, in, n, replace_cb, &c);
+        tok_buf_put(out, in + c.prev, n - c.prev);
+        return;
+    }
+    size_t i = 0;
+    while (i < n) {
+        const char *hit = memmem(in + i, n - i, pat, pat_len);
+        if (!hit) break;
+        size_t at = (size_t)(hit - in);
+        tok_buf_put(out, in + i, at - i);
+        tok_buf_put(out, with, with_len);
+        i = at + pat_len;
+    }
+    tok_buf_put(out, in + i, n - i);
+}
+
 static void norm_step(const tok_tokenizer *t, tok_work *w, const tok_norm *s, const char *in, size_t n,
                       tok_buf *out) {
     const char *pool = t->pool.p;
@@ -310,23 +330,7 @@ static void norm_step(const tok_tokenizer *t, tok_work *w, const tok_norm *s, co
         tok_buf_put(out, in, n);
         break;
     case TN_REPLACE:
-        if (s->re) {
-            replace_ctx c = {in, out, 0, pool + s->b_off, s->b_len};
-            tok_regex_each(s->re, w->md, in, n, replace_cb, &c);
-            tok_buf_put(out, in + c.prev, n - c.prev);
-        } else {
-            const char *pat = pool + s->a_off;
-            size_t i = 0;
-            while (i < n) {
-                const char *hit = memmem(in + i, n - i, pat, s->a_len);
-                if (!hit) break;
-                size_t at = (size_t)(hit - in);
-                tok_buf_put(out, in + i, at - i);
-                tok_buf_put(out, pool + s->b_off, s->b_len);
-                i = at + s->a_len;
-            }
-            tok_buf_put(out, in + i, n - i);
-        }
+        tok_replace(out, in, n, s->re, w->md, pool + s->a_off, s->a_len, pool + s->b_off, s->b_len);
         break;
     case TN_STRIP: {
         size_t a = 0, b = n;

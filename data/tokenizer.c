@@ -176,21 +176,6 @@ static void sl_push(strlist *s, const char *p, size_t n) {
     tok_pieces_push(&s->l, off, n, -1, false);
 }
 
-typedef struct {
-    const char *in;
-    tok_buf *out;
-    size_t prev;
-    const char *with;
-    size_t with_len;
-} rep_ctx;
-
-static void rep_cb(void *u, size_t a, size_t b) {
-    rep_ctx *c = u;
-    tok_buf_put(c->out, c->in + c->prev, a - c->prev);
-    tok_buf_put(c->out, c->with, c->with_len);
-    c->prev = b;
-}
-
 /* "<0xNN>" -> NN (HF's from_str_radix also takes a '+' sign and lowercase digits) */
 static int byte_token(const char *s, size_t n) {
     if (n != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>') return -1;
@@ -266,21 +251,7 @@ static void dec_step(const tok_tokenizer *t, const tok_dec *d, pcre2_match_data 
         case TD_REPLACE: {
             if (!s) break;
             size_t off = out->b.n;
-            if (d->re) {
-                rep_ctx c = {s, &out->b, 0, pool + d->b_off, d->b_len};
-                tok_regex_each(d->re, md, s, n, rep_cb, &c);
-                tok_buf_put(&out->b, s + c.prev, n - c.prev);
-            } else {
-                size_t k = 0;
-                while (k < n) {
-                    const char *hit = memmem(s + k, n - k, pool + d->a_off, d->a_len);
-                    if (!hit) break;
-                    tok_buf_put(&out->b, s + k, (size_t)(hit - s) - k);
-                    tok_buf_put(&out->b, pool + d->b_off, d->b_len);
-                    k = (size_t)(hit - s) + d->a_len;
-                }
-                tok_buf_put(&out->b, s + k, n - k);
-            }
+            tok_replace(&out->b, s, n, d->re, md, pool + d->a_off, d->a_len, pool + d->b_off, d->b_len);
             tok_pieces_push(&out->l, off, out->b.n - off, -1, false);
             break;
         }
