@@ -263,6 +263,12 @@ static int get_array(hid_t f, const char *name, hid_t mtype, size_t elem, int64_
     else if (dims[0] * dims[1] * elem > file_bytes * CACHE_MAX_RATIO + 65536)
         rc = qt_errf(e, "%s claims %llu rows, more than a %llu-byte file can hold", name,
                      (unsigned long long)dims[0], (unsigned long long)file_bytes);
+    if (rc == 0) { /* libhdf5 1.10 reads a compact dataset holding fewer bytes than its shape through NULL */
+        hid_t pl = H5Dget_create_plist(ds);
+        if (H5Pget_layout(pl) == H5D_COMPACT && H5Dget_storage_size(ds) != dims[0] * dims[1] * elem)
+            rc = qt_errf(e, "%s: its stored size does not match its shape", name);
+        H5Pclose(pl);
+    }
     if (rc == 0) {
         *rows = (int64_t)dims[0];
         *out = qd_xrealloc(NULL, (size_t)(dims[0] * dims[1]) * elem);

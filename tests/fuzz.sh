@@ -5,6 +5,7 @@
 #   tests/fuzz.sh 600                        # 10 minutes each
 #   tests/fuzz.sh 30 fuzz_gguf fuzz_config   # some targets only
 #   tests/fuzz.sh report                     # the table of the last run of every target
+#   tests/fuzz.sh 600 fuzz_train_ckpt        # HDF5 checkpoints: only when named (see below)
 #
 # Builds tests/fuzz/fuzz_*.c in build-fuzz/ (-DQTRAIN_FUZZ=ON), collects seeds from the
 # project's own files (tests/fuzz/make_seeds.py), then runs FUZZ_JOBS targets at a time
@@ -26,9 +27,14 @@ jobs=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 2)}
 cc=${FUZZ_CC:-$(command -v clang || command -v clang-14 || true)}
 [ -n "$cc" ] || { echo "fuzz.sh: clang not found (libFuzzer needs clang)" >&2; exit 2; }
 
+# fuzz_train_ckpt is left out unless named: it reaches libhdf5 1.10's own parser, which
+# crafted files crash in ways qtrain cannot prevent (docs/fuzzing.md).
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    for f in tests/fuzz/fuzz_*.c; do targets+=("$(basename "$f" .c)"); done
+    for f in tests/fuzz/fuzz_*.c; do
+        t=$(basename "$f" .c)
+        [ "$t" = fuzz_train_ckpt ] || targets+=("$t")
+    done
 fi
 
 # Largest input per target: a little above the biggest sensible seed; small inputs fuzz faster.

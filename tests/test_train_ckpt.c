@@ -254,6 +254,20 @@ int qt_test_cpu(void) {
     TU_EXPECT(ck_train_verify(path, &e) != 0 && strstr(e.msg, "stored size"), "hostile size accepted: %s", e.msg);
     TU_EXPECT(ck_train_find(g_dir, found, sizeof found, &e) == 1 && strstr(found, "step-000007.h5"),
               "fallback past garbage: %s", found);
+    /* found by tests/fuzz: a compact dataset storing 0 bytes for its [4, 6] shape; libhdf5 would read it
+     * through NULL, so the readers check the stored size even on a file nobody verified */
+    {
+        char hp[700];
+        snprintf(hp, sizeof hp, "%s/tests/fuzz/seeds/fuzz_train_ckpt/regress-compact-empty.h5", QT_SOURCE_DIR);
+        static float w[2][24], m[2][24], v[2][24];
+        const char *pre = "base_model.model.model.layers.0.self_attn.q_proj.lora_";
+        char na[100], nb[100];
+        snprintf(na, sizeof na, "%sA.weight", pre);
+        snprintf(nb, sizeof nb, "%sB.weight", pre);
+        ck_param hp2[2] = {{na, {4, 6}, w[0], m[0], v[0]}, {nb, {6, 4}, w[1], m[1], v[1]}};
+        TU_EXPECT(ck_train_read_params(hp, hp2, 2, &e) == -1 && strstr(e.msg, "stored size"),
+                  "compact dataset without bytes: %s", e.msg);
+    }
 
     /* pruning: files above the step just written go (an abandoned future), stale tmp files
      * go, and keep=2 leaves two */
