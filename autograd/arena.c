@@ -35,9 +35,25 @@ int qt_arena_init(qt_arena *a, const char *name, qt_device dev, size_t budget) {
     return 0;
 }
 
+int qt_arena_init_pinned(qt_arena *a, const char *name, size_t budget) {
+    void *p = NULL;
+    if (budget == 0 || !qt_cuda_available() || qt_be_host_alloc(&p, budget) != 0)
+        return qt_arena_init(a, name, QT_CPU, budget);
+    memset(a, 0, sizeof *a);
+    snprintf(a->name, sizeof a->name, "%s", name);
+    a->dev = QT_CPU;
+    a->cap = budget;
+    a->base = p;
+    a->pinned = true;
+    return 0;
+}
+
+void *qt_pinned_device_ptr(void *p) { return qt_be_host_device_ptr(p); }
+
 void qt_arena_free(qt_arena *a) {
     if (a->base) {
-        if (a->dev == QT_CPU) munmap(a->base, a->cap);
+        if (a->pinned) qt_be_host_free(a->base);
+        else if (a->dev == QT_CPU) munmap(a->base, a->cap);
         else qt_be_free(a->base);
     }
     memset(a, 0, sizeof *a);

@@ -69,6 +69,7 @@ typedef struct qt_arena {
     qt_device dev;
     uint8_t *base;
     size_t cap, used, peak;
+    bool pinned;  /* host memory page-locked by CUDA (qt_arena_init_pinned) */
 } qt_arena;
 
 /* Returns 0, or -1 after printing why (e.g. the device has less free memory). */
@@ -83,6 +84,13 @@ void qt_arena_reset(qt_arena *a, size_t mark);
 /* Fill the unused part with 0xFF bytes (NaN for every float dtype): tests use it to
  * catch kernels that leave output elements unwritten. */
 void qt_arena_poison(qt_arena *a);
+/* A host arena for data that streams to the GPU: page-locked and mapped (cudaHostAlloc)
+ * when a CUDA device is present, so copies from it run asynchronously at full PCIe speed
+ * and kernels can read it in place; plain reserved host memory otherwise. The whole budget
+ * is committed up front when pinned (page-locking cannot be lazy). */
+int qt_arena_init_pinned(qt_arena *a, const char *name, size_t budget);
+/* The address kernels use for p inside a pinned arena (p itself with unified addressing). */
+void *qt_pinned_device_ptr(void *p);
 
 /* ------------------------------------------------------------------ random */
 
@@ -248,6 +256,22 @@ void qt_cuda_describe(char *buf, size_t n);
 size_t qt_cuda_mem_used(void);
 /* Bytes of device memory free now (0 without CUDA). */
 size_t qt_cuda_mem_free(void);
+
+/* ------------------------------------------------------------------ async uploads
+ * A copy stream beside the context's stream, for layer streaming: host-to-device copies
+ * into reused device buffers ("slots") run while the context's stream computes. A copy
+ * into a slot starts only once the context's stream has finished everything queued before
+ * the call (the slot's previous contents are no longer read); qt_xfer_wait makes the
+ * context's stream wait for a slot's copies on the device, with no host synchronisation.
+ * On a CPU context copies are memcpy, done at once. src must be pinned (see above). */
+typedef struct qt_xfer qt_xfer;
+qt_xfer *qt_xfer_new(qt_ctx *c, int nslots);
+void qt_xfer_free(qt_xfer *x);
+void qt_xfer_copy(qt_xfer *x, int slot, void *dst, const void *src, size_t bytes);
+void qt_xfer_wait(qt_xfer *x, int slot);
+/* Bytes copied and device milliseconds the copies took since the last call (waits for
+ * copies still in flight). */
+void qt_xfer_stats(qt_xfer *x, double *bytes, double *ms);
 
 /* ------------------------------------------------------------------ profiler
  * With QTRAIN_PROFILE=1 in the environment when a CUDA context is created, a CUDA event is

@@ -16,6 +16,16 @@ void qt_be_free(void *p);
 /* Synchronous copy between any two devices (host or CUDA). */
 void qt_be_memcpy(void *dst, qt_device dd, const void *src, qt_device sd, size_t bytes);
 void qt_be_memset(void *p, int byte, size_t bytes);
+/* Page-locked, mapped host memory: 0, or -1 (nothing printed: callers fall back). */
+int qt_be_host_alloc(void **p, size_t bytes);
+void qt_be_host_free(void *p);
+void *qt_be_host_device_ptr(void *p);
+/* The copy stream of qt_xfer (see autograd.h). */
+void *qt_be_xfer_new(qt_ctx *c, int nslots);
+void qt_be_xfer_free(void *x);
+void qt_be_xfer_copy(qt_ctx *c, void *x, int slot, void *dst, const void *src, size_t bytes);
+void qt_be_xfer_wait(qt_ctx *c, void *x, int slot);
+double qt_be_xfer_ms(void *x);
 int qt_be_ctx_init(qt_ctx *c, const qt_ctx_opts *o);
 void qt_be_ctx_free(qt_ctx *c);
 void qt_be_sync(qt_ctx *c);

@@ -131,4 +131,116 @@ float qt_be_event_ms(void *from, void *to) {
     return ms;
 }
 
+/* ---- pinned host memory */
+
+int qt_be_host_alloc(void **p, size_t bytes) {
+    if (cudaHostAlloc(p, bytes, cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess) {
+        cudaGetLastError();
+        *p = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+void qt_be_host_free(void *p) {
+    cudaError_t e = cudaFreeHost(p);
+    if (e == cudaErrorCudartUnloading) return;
+    QT_CUDA_CHECK(e);
+}
+
+void *qt_be_host_device_ptr(void *p) {
+    void *d = NULL;
+    QT_CUDA_CHECK(cudaHostGetDevicePointer(&d, p, 0));
+    return d;
+}
+
+/* ---- the copy stream of qt_xfer: per slot, an event the copies wait for (the compute
+ * stream reached the point where the slot is free) and one the compute stream waits for
+ * (the slot is loaded). Each copy is timed by a pair of events kept until qt_be_xfer_ms. */
+
+#define XFER_TIMED 256
+
+typedef struct be_xfer {
+    cudaStream_t copy;
+    int nslots;
+    cudaEvent_t *free_ev, *ready_ev;
+    cudaEvent_t t0[XFER_TIMED], t1[XFER_TIMED];
+    int ntimed;
+    double ms; /* copies already folded in */
+} be_xfer;
+
+static void xfer_fold(be_xfer *x) {
+    for (int i = 0; i < x->ntimed; i++) {
+        float ms = 0;
+        QT_CUDA_CHECK(cudaEventSynchronize(x->t1[i]));
+        QT_CUDA_CHECK(cudaEventElapsedTime(&ms, x->t0[i], x->t1[i]));
+        x->ms += ms;
+    }
+    x->ntimed = 0;
+}
+
+void *qt_be_xfer_new(qt_ctx *c, int nslots) {
+    (void)c;
+    be_xfer *x = (be_xfer *)calloc(1, sizeof *x);
+    x->free_ev = (cudaEvent_t *)calloc((size_t)nslots, sizeof(cudaEvent_t));
+    x->ready_ev = (cudaEvent_t *)calloc((size_t)nslots, sizeof(cudaEvent_t));
+    QT_CHECK(x && x->free_ev && x->ready_ev, "out of host memory");
+    x->nslots = nslots;
+    /* non-blocking: the copies must not wait for work on the legacy default stream */
+    QT_CUDA_CHECK(cudaStreamCreateWithFlags(&x->copy, cudaStreamNonBlocking));
+    for (int s = 0; s < nslots; s++) {
+        QT_CUDA_CHECK(cudaEventCreateWithFlags(&x->free_ev[s], cudaEventDisableTiming));
+        QT_CUDA_CHECK(cudaEventCreateWithFlags(&x->ready_ev[s], cudaEventDisableTiming));
+    }
+    for (int i = 0; i < XFER_TIMED; i++) {
+        QT_CUDA_CHECK(cudaEventCreate(&x->t0[i]));
+        QT_CUDA_CHECK(cudaEventCreate(&x->t1[i]));
+    }
+    return x;
+}
+
+void qt_be_xfer_free(void *p) {
+    be_xfer *x = (be_xfer *)p;
+    if (!x) return;
+    QT_CUDA_CHECK(cudaStreamSynchronize(x->copy));
+    for (int s = 0; s < x->nslots; s++) {
+        QT_CUDA_CHECK(cudaEventDestroy(x->free_ev[s]));
+        QT_CUDA_CHECK(cudaEventDestroy(x->ready_ev[s]));
+    }
+    for (int i = 0; i < XFER_TIMED; i++) {
+        QT_CUDA_CHECK(cudaEventDestroy(x->t0[i]));
+        QT_CUDA_CHECK(cudaEventDestroy(x->t1[i]));
+    }
+    QT_CUDA_CHECK(cudaStreamDestroy(x->copy));
+    free(x->free_ev);
+    free(x->ready_ev);
+    free(x);
+}
+
+void qt_be_xfer_copy(qt_ctx *c, void *p, int slot, void *dst, const void *src, size_t bytes) {
+    be_xfer *x = (be_xfer *)p;
+    QT_CHECK(slot >= 0 && slot < x->nslots, "xfer slot %d of %d", slot, x->nslots);
+    if (x->ntimed == XFER_TIMED) xfer_fold(x);
+    QT_CUDA_CHECK(cudaEventRecord(x->free_ev[slot], qt_stream(c)));
+    QT_CUDA_CHECK(cudaStreamWaitEvent(x->copy, x->free_ev[slot], 0));
+    QT_CUDA_CHECK(cudaEventRecord(x->t0[x->ntimed], x->copy));
+    QT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, x->copy));
+    QT_CUDA_CHECK(cudaEventRecord(x->t1[x->ntimed++], x->copy));
+    QT_CUDA_CHECK(cudaEventRecord(x->ready_ev[slot], x->copy));
+}
+
+void qt_be_xfer_wait(qt_ctx *c, void *p, int slot) {
+    be_xfer *x = (be_xfer *)p;
+    QT_CHECK(slot >= 0 && slot < x->nslots, "xfer slot %d of %d", slot, x->nslots);
+    QT_CUDA_CHECK(cudaStreamWaitEvent(qt_stream(c), x->ready_ev[slot], 0));
+}
+
+double qt_be_xfer_ms(void *p) {
+    be_xfer *x = (be_xfer *)p;
+    xfer_fold(x);
+    double ms = x->ms;
+    x->ms = 0;
+    return ms;
+}
+
 } /* extern "C" */

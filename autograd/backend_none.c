@@ -40,3 +40,13 @@ void *qt_be_event_new(void) { QT_CHECK(0, "%s", "CUDA event in a build without C
 void qt_be_event_free(void *ev) { (void)ev; }
 void qt_be_event_record(qt_ctx *c, void *ev) { (void)c; (void)ev; }
 float qt_be_event_ms(void *from, void *to) { (void)from; (void)to; return 0; }
+int qt_be_host_alloc(void **p, size_t bytes) { (void)bytes; *p = NULL; return -1; }
+void qt_be_host_free(void *p) { (void)p; }
+void *qt_be_host_device_ptr(void *p) { (void)p; return NULL; }
+void *qt_be_xfer_new(qt_ctx *c, int nslots) { (void)c; (void)nslots; QT_CHECK(0, "%s", "CUDA copy stream in a build without CUDA"); }
+void qt_be_xfer_free(void *x) { (void)x; }
+void qt_be_xfer_copy(qt_ctx *c, void *x, int slot, void *dst, const void *src, size_t bytes) {
+    (void)c; (void)x; (void)slot; (void)dst; (void)src; (void)bytes;
+}
+void qt_be_xfer_wait(qt_ctx *c, void *x, int slot) { (void)c; (void)x; (void)slot; }
+double qt_be_xfer_ms(void *x) { (void)x; return 0; }

@@ -24,23 +24,76 @@ static int load_tensor(qt_ctx *c, const st_model *sm, const char *name, qt_dtype
     return 0;
 }
 
-/* A projection weight: dense in PERSIST, or through STEP into NF4 in PERSIST. */
-static int load_linear(qt_ctx *c, const st_model *sm, const char *name, const llm_load_opts *o,
-                       const int64_t *shape, llm_linear *lin, qt_err *e) {
+/* ---- where weights go: resident (PERSIST) or, for streamed layers and a host-side
+ * embedding table, the model's pinned host arena */
+
+int llm_place_init(llm_model *m, qt_ctx *c, const llm_load_opts *o, qt_err *e) {
+    const hf_config *h = &m->cfg;
+    int L = h->num_hidden_layers, S = o->streamed_layers;
+    if (S < 0 || S > L) return qt_errf(e, "streamed_layers %d is not in 0..%d", S, L);
+    if (S > 0 && !o->nf4) return qt_errf(e, "layer streaming needs NF4 projections (quant.type: nf4)");
+    bool host_embed = o->embed_on_host && !h->tie_word_embeddings;
+    size_t bytes = (size_t)S * llm_layer_nf4_bytes(h, o->double_quant);
+    if (host_embed) bytes += (size_t)h->vocab_size * h->hidden_size * qt_dtype_size(o->dtype) + 256;
+    for (int l = 0; l < L; l++) m->layers[l].streamed = llm_layer_is_streamed(l, S, L);
+    if (bytes && qt_arena_init_pinned(&m->host, "pinned-weights", bytes) != 0)
+        return qt_errf(e, "cannot reserve %zu bytes of pinned host memory for the streamed layers", bytes);
+    (void)c;
+    return 0;
+}
+
+qt_tensor *llm_embed_alloc(llm_model *m, qt_ctx *c, qt_dtype dt, const int64_t *shape, bool on_host,
+                           qt_tensor **fill) {
+    if (!on_host || m->cfg.tie_word_embeddings || c->dev == QT_CPU) {
+        *fill = qt_empty(c, QT_PERSIST, dt, 2, shape);
+        return *fill;
+    }
+    qt_tensor *h = qt_arena_alloc(&c->meta[QT_PERSIST], sizeof *h), *d = qt_arena_alloc(&c->meta[QT_PERSIST], sizeof *d);
+    void *data = qt_arena_alloc(&m->host, (size_t)(shape[0] * shape[1]) * qt_dtype_size(dt));
+    *h = qt_tensor_over(data, dt, QT_CPU, 2, shape);
+    void *dp = m->host.pinned ? qt_pinned_device_ptr(data) : NULL;
+    QT_CHECK(dp, "%s", "the embedding table on the host needs pinned (mapped) memory");
+    *d = qt_tensor_over(dp, dt, c->dev, 2, shape); /* the GPU gathers rows from host memory */
+    *fill = h;
+    m->embed_on_host = true;
+    return d;
+}
+
+int llm_nf4_place(llm_model *m, qt_ctx *c, int l, qt_tensor *dense, bool dq, nf4_tensor **out, qt_err *e) {
+    llm_layer *L = &m->layers[l];
+    nf4_tensor *q = qt_arena_alloc(&c->meta[QT_PERSIST], sizeof *q);
+    if (!L->streamed) {
+        if (nf4_quantize(c, QT_PERSIST, dense, dq, q, e) != 0) return -1;
+    } else {
+        size_t mark = qt_arena_mark(&c->data[QT_STEP]);
+        nf4_tensor tmp;
+        int rc = nf4_quantize(c, QT_STEP, dense, dq, &tmp, e);
+        if (rc == 0) {
+            nf4_alloc(q, &m->host, tmp.ndim, tmp.shape, dq);
+            if (!L->host_base) L->host_base = q->codes;
+            nf4_copy(q, &tmp);
+        }
+        qt_arena_reset(&c->data[QT_STEP], mark);
+        if (rc != 0) return -1;
+    }
+    snprintf(q->name, sizeof q->name, "%.95s", dense->name);
+    *out = q;
+    return 0;
+}
+
+/* A projection weight: dense in PERSIST, or through STEP into NF4 (resident or streamed). */
+static int load_linear(qt_ctx *c, llm_model *m, int l, const st_model *sm, const char *name,
+                       const llm_load_opts *o, const int64_t *shape, llm_linear *lin, qt_err *e) {
     if (!o->nf4) return load_tensor(c, sm, name, o->dtype, 2, shape, &lin->w, e);
     const st_tensor *t = st_model_find(sm, name);
     if (!t) return qt_errf(e, "%s: tensor '%s' is missing", sm->dir, name);
     size_t mark = qt_arena_mark(&c->data[QT_STEP]), hmark = qt_arena_mark(&c->meta[QT_STEP]);
     qt_tensor *dense = qt_empty(c, QT_STEP, o->dtype == QT_F16 ? QT_F16 : QT_BF16, 2, shape);
-    qt_set_name(dense, "%.95s", name);
     /* NF4 is computed from the checkpoint's values: bf16 keeps a bf16 checkpoint exact. */
     if (t->dtype == ST_F32 || t->dtype == ST_F64) dense = qt_empty(c, QT_STEP, QT_F32, 2, shape);
+    qt_set_name(dense, "%.95s", name);
     int rc = st_to_qt(t, dense, e);
-    if (rc == 0) {
-        lin->wq = qt_arena_alloc(&c->meta[QT_PERSIST], sizeof *lin->wq);
-        rc = nf4_quantize(c, QT_PERSIST, dense, o->double_quant, lin->wq, e);
-        snprintf(lin->wq->name, sizeof lin->wq->name, "%.95s", name);
-    }
+    if (rc == 0) rc = llm_nf4_place(m, c, l, dense, o->double_quant, &lin->wq, e);
     qt_arena_reset(&c->data[QT_STEP], mark);
     qt_arena_reset(&c->meta[QT_STEP], hmark);
     return rc;
@@ -63,7 +116,14 @@ int llm_load(llm_model *m, qt_ctx *c, const char *dir, const llm_load_opts *o, q
     if (!m->layers) rc = qt_errf(e, "out of host memory");
     char name[160];
     int64_t ev[2] = {h->vocab_size, H}, hv[1] = {H};
-    if (rc == 0) rc = load_tensor(c, &sm, "model.embed_tokens.weight", dt, 2, ev, &m->embed, e);
+    if (rc == 0) rc = llm_place_init(m, c, o, e);
+    if (rc == 0) {
+        const st_tensor *t = st_model_find(&sm, "model.embed_tokens.weight");
+        qt_tensor *fill;
+        m->embed = llm_embed_alloc(m, c, dt, ev, o->embed_on_host, &fill);
+        rc = t ? st_to_qt(t, fill, e) : qt_errf(e, "%s: tensor 'model.embed_tokens.weight' is missing", dir);
+        qt_set_name(m->embed, "model.embed_tokens.weight");
+    }
     if (rc == 0) rc = load_tensor(c, &sm, "model.norm.weight", dt, 1, hv, &m->norm, e);
     if (rc == 0) {
         if (h->tie_word_embeddings) m->lm_head = m->embed;
@@ -82,7 +142,7 @@ int llm_load(llm_model *m, qt_ctx *c, const char *dir, const llm_load_opts *o, q
             lin->in = (int)dims[k][1];
             lin->id = (uint32_t)(l * LIN_N + k);
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, llm_lin_parent(k), llm_lin_names[k]);
-            rc = load_linear(c, &sm, name, o, dims[k], lin, e);
+            rc = load_linear(c, m, l, &sm, name, o, dims[k], lin, e);
             bool bias = k <= LIN_V ? h->has_qkv_bias : k == LIN_O ? h->has_o_bias : h->has_mlp_bias;
             if (rc == 0 && bias) {
                 snprintf(name, sizeof name, "model.layers.%d.%s.%s.bias", l, llm_lin_parent(k), llm_lin_names[k]);
@@ -96,12 +156,14 @@ int llm_load(llm_model *m, qt_ctx *c, const char *dir, const llm_load_opts *o, q
 }
 
 size_t llm_weight_bytes(const llm_model *m) {
-    size_t b = qt_nbytes(m->embed) + qt_nbytes(m->norm) + (m->lm_head != m->embed ? qt_nbytes(m->lm_head) : 0);
+    size_t b = (m->embed_on_host ? 0 : qt_nbytes(m->embed)) + qt_nbytes(m->norm) +
+               (m->lm_head != m->embed ? qt_nbytes(m->lm_head) : 0);
     for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
         const llm_layer *L = &m->layers[l];
         b += qt_nbytes(L->attn_norm) + qt_nbytes(L->mlp_norm);
         for (int k = 0; k < LIN_N; k++) {
             const llm_linear *lin = &L->lin[k];
+            if (L->streamed) continue;
             b += lin->wq ? nf4_bytes(lin->wq->n, lin->wq->dq) : qt_nbytes(lin->w);
             if (lin->b) b += qt_nbytes(lin->b);
         }
@@ -110,6 +172,8 @@ size_t llm_weight_bytes(const llm_model *m) {
 }
 
 void llm_free(llm_model *m) {
+    llm_stream_free(m);
+    qt_arena_free(&m->host);
     free(m->layers);
     free(m->lora_params);
     memset(m, 0, sizeof *m);
@@ -167,15 +231,14 @@ static qt_tensor *linear(qt_ctx *c, const llm_model *m, const llm_linear *lin, q
 }
 
 typedef struct layer_call {
-    const llm_model *m;
-    const llm_layer *L;
-    int B, T;
+    llm_model *m;
+    int l, B, T;
 } layer_call;
 
 static qt_tensor *layer_forward(qt_ctx *c, qt_tensor *x, void *user) {
     const layer_call *lc = user;
     const hf_config *h = &lc->m->cfg;
-    const llm_layer *L = lc->L;
+    const llm_layer *L = llm_layer_get(c, lc->m, lc->l); /* again in the recompute: streamed layers */
     int nh = h->num_attention_heads, nkv = h->num_key_value_heads, hd = h->head_dim;
     qt_tensor *a = qt_rmsnorm(c, x, L->attn_norm, h->rms_norm_eps);
     qt_tensor *q = qt_rope_apply(c, linear(c, lc->m, &L->lin[LIN_Q], a), &h->rope, lc->B, lc->T, nh, 0);
@@ -194,7 +257,7 @@ static qt_tensor *hidden(qt_ctx *c, llm_model *m, qt_tensor *ids, int B, int T) 
     qt_tensor *x = qt_embedding(c, m->embed, ids);
     for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
         layer_call *lc = qt_step_host_alloc(c, sizeof *lc);
-        *lc = (layer_call){m, &m->layers[l], B, T};
+        *lc = (layer_call){m, l, B, T};
         x = m->grad_checkpointing ? qt_checkpoint(c, layer_forward, x, lc) : layer_forward(c, x, lc);
     }
     return qt_rmsnorm(c, x, m->norm, m->cfg.rms_norm_eps);
@@ -307,7 +370,7 @@ qt_tensor *llm_forward_kv(qt_ctx *c, llm_model *m, llm_kv *kv, qt_tensor *ids, i
     QT_CHECK(ids->numel == (int64_t)B * Tq, "forward_kv: %lld ids for B=%d Tq=%d", (long long)ids->numel, B, Tq);
     qt_tensor *x = qt_embedding(c, m->embed, ids);
     for (int l = 0; l < h->num_hidden_layers; l++) {
-        const llm_layer *L = &m->layers[l];
+        const llm_layer *L = llm_layer_get(c, m, l);
         qt_tensor *a = qt_rmsnorm(c, x, L->attn_norm, h->rms_norm_eps);
         qt_tensor *q = qt_rope_apply(c, linear(c, m, &L->lin[LIN_Q], a), &h->rope, B, Tq, nh, kv->past);
         qt_tensor *k = qt_rope_apply(c, linear(c, m, &L->lin[LIN_K], a), &h->rope, B, Tq, nkv, kv->past);

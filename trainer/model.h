@@ -40,7 +40,11 @@ typedef struct llm_linear {
 typedef struct llm_layer {
     qt_tensor *attn_norm, *mlp_norm;
     llm_linear lin[LIN_N];
+    bool streamed;      /* NF4 projections in the model's pinned host arena, uploaded per use */
+    uint8_t *host_base; /* streamed: where its arrays start (one contiguous block per layer) */
 } llm_layer;
+
+typedef struct llm_stream llm_stream; /* trainer/stream.c */
 
 typedef struct llm_model {
     hf_config cfg;
@@ -56,20 +60,60 @@ typedef struct llm_model {
     llm_lora_cfg lora;
     qt_tensor **lora_params; /* A then B, layer by layer, projection order */
     int n_lora_params;
+    qt_arena host;           /* pinned host memory: streamed layers, a host-side embedding table */
+    llm_stream *stream;      /* NULL when every layer is resident */
+    bool embed_on_host;      /* embed lives in `host` (the GPU reads it in place) */
 } llm_model;
 
 typedef struct llm_load_opts {
     qt_dtype dtype;     /* F32, BF16 or F16: compute dtype and dtype of unquantized weights */
     bool nf4;           /* quantize the seven projections of every layer to NF4 */
     bool double_quant;  /* NF4 with double quantization of the block scales */
+    /* Layer streaming (CUDA, NF4): this many layers, spread evenly over the depth, keep
+     * their projections in pinned host memory and are uploaded to one of two device slots
+     * each time they run; the others are resident. 0 = all resident. */
+    int streamed_layers;
+    /* The (untied) embedding table stays in pinned host memory; the GPU reads its rows in
+     * place (a lookup touches B*T rows), sparing vocab x hidden bytes of device memory. */
+    bool embed_on_host;
 } llm_load_opts;
 
 /* Load a Hugging Face folder (config.json + safetensors) into PERSIST tensors on the
  * context's device. Every weight is frozen. With nf4, each projection passes through
  * STEP memory once on its way to 4 bits, so the dense model never sits in memory. */
 int llm_load(llm_model *m, qt_ctx *c, const char *dir, const llm_load_opts *o, qt_err *e);
-/* Bytes the loaded weights take in PERSIST memory (dense, NF4 and norms). */
+/* Bytes the loaded weights take in PERSIST memory (dense, NF4 and norms), streamed layers
+ * and a host-side embedding table not included. */
 size_t llm_weight_bytes(const llm_model *m);
+
+/* ---- placement, shared by the checkpoint and synthetic loaders: call llm_place_init
+ * once m->cfg and m->layers exist (it marks the streamed layers and reserves the pinned
+ * arena); llm_embed_alloc gives the table the model uses and, in *fill, the tensor to
+ * write its values into (the host side of a host-resident table); llm_nf4_place
+ * quantizes `dense` (STEP or anywhere) for layer l into PERSIST or, when l is streamed,
+ * the pinned arena (the seven projections of a layer must be placed in order). */
+int llm_place_init(llm_model *m, qt_ctx *c, const llm_load_opts *o, qt_err *e);
+qt_tensor *llm_embed_alloc(llm_model *m, qt_ctx *c, qt_dtype dt, const int64_t *shape, bool on_host,
+                           qt_tensor **fill);
+int llm_nf4_place(llm_model *m, qt_ctx *c, int l, qt_tensor *dense, bool dq, nf4_tensor **out, qt_err *e);
+
+/* ---- layer streaming (stream.c) */
+
+/* Bytes of one layer's seven NF4 projections laid out in an arena (256-byte aligned arrays):
+ * the size of a streaming slot and of a streamed layer's pinned block. */
+size_t llm_layer_nf4_bytes(const hf_config *h, bool dq);
+/* Whether layer l is streamed when s of L layers are (spread evenly). */
+bool llm_layer_is_streamed(int l, int s, int L);
+/* Set up the two device slots (PERSIST) and the copy stream; call after loading. */
+int llm_stream_init(llm_model *m, qt_ctx *c, qt_err *e);
+void llm_stream_free(llm_model *m);
+/* Layer l ready for use on the context's stream: resident layers as they are; a streamed
+ * one through its slot (uploaded now unless prefetched), with the next streamed layer in
+ * the direction of travel (forward, then backward) prefetched into the other slot. The
+ * result stays valid until the second-next streamed layer is asked for. */
+const llm_layer *llm_layer_get(qt_ctx *c, llm_model *m, int l);
+/* Bytes uploaded and device ms the uploads took since the last call. */
+void llm_stream_stats(llm_model *m, double *bytes, double *ms);
 void llm_free(llm_model *m);
 /* Add LoRA adapters (A random, B zero, as PEFT initialises them). */
 int llm_add_lora(llm_model *m, qt_ctx *c, const llm_lora_cfg *lc, qt_err *e);

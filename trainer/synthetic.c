@@ -56,12 +56,16 @@ int qt_synthetic_config(const char *name, hf_config *h, qt_err *e) {
  * context the fills run on the device (qt_fill_*'s counter-based generator) and NF4 is
  * quantized there too, so an 8B model takes seconds; the values differ from a CPU build
  * with the same seed. */
+static void fill_weight(qt_tensor *t, qt_rng *r) {
+    if (t->ndim == 1) qt_fill_uniform(t, r, 0.8, 1.2);
+    else qt_fill_normal(t, r, 0.0, 1.0 / sqrt((double)t->shape[1]));
+}
+
 static qt_tensor *rand_weight(qt_ctx *c, qt_rng *r, const char *name, qt_dtype dt, int ndim,
                               const int64_t *shape, qt_pool pool) {
     qt_tensor *t = qt_empty(c, pool, dt, ndim, shape);
     qt_set_name(t, "%s", name);
-    if (ndim == 1) qt_fill_uniform(t, r, 0.8, 1.2);
-    else qt_fill_normal(t, r, 0.0, 1.0 / sqrt((double)shape[1]));
+    fill_weight(t, r);
     return t;
 }
 
@@ -81,7 +85,25 @@ int qt_synthetic_model(llm_model *m, qt_ctx *c, const char *name, const llm_load
     int64_t ev[2] = {h->vocab_size, H}, hv[1] = {H};
     m->layers = calloc((size_t)h->num_hidden_layers, sizeof *m->layers);
     if (!m->layers) return qt_errf(e, "out of host memory");
-    m->embed = rand_weight(c, &r, "model.embed_tokens.weight", dt, 2, ev, QT_PERSIST);
+    if (llm_place_init(m, c, o, e) != 0) return -1;
+    qt_tensor *fill;
+    m->embed = llm_embed_alloc(m, c, dt, ev, o->embed_on_host, &fill);
+    qt_set_name(m->embed, "model.embed_tokens.weight");
+    if (fill == m->embed) {
+        fill_weight(fill, &r);
+    } else { /* a host-side table: drawn on the device in chunks of rows, copied down */
+        int64_t rows = ((int64_t)64 << 20) / (H * (int64_t)qt_dtype_size(dt)) + 1;
+        for (int64_t r0 = 0; r0 < ev[0]; r0 += rows) {
+            int64_t n[2] = {r0 + rows < ev[0] ? rows : ev[0] - r0, H};
+            size_t mark = qt_arena_mark(&c->data[QT_STEP]), hmark = qt_arena_mark(&c->meta[QT_STEP]);
+            qt_tensor *t = qt_empty(c, QT_STEP, dt, 2, n);
+            qt_fill_normal(t, &r, 0.0, 1.0 / sqrt((double)H));
+            qt_tensor dst = qt_tensor_over((char *)fill->data + (size_t)(r0 * H) * qt_dtype_size(dt), dt, QT_CPU, 2, n);
+            qt_copy(&dst, t);
+            qt_arena_reset(&c->data[QT_STEP], mark);
+            qt_arena_reset(&c->meta[QT_STEP], hmark);
+        }
+    }
     m->norm = rand_weight(c, &r, "model.norm.weight", dt, 1, hv, QT_PERSIST);
     m->lm_head = h->tie_word_embeddings ? m->embed : rand_weight(c, &r, "lm_head.weight", dt, 2, ev, QT_PERSIST);
     const int64_t dims[LIN_N][2] = {{qd, H}, {kvd, H}, {kvd, H}, {H, qd}, {I, H}, {I, H}, {H, I}};
@@ -104,8 +126,7 @@ int qt_synthetic_model(llm_model *m, qt_ctx *c, const char *name, const llm_load
             }
             size_t mark = qt_arena_mark(&c->data[QT_STEP]), hmark = qt_arena_mark(&c->meta[QT_STEP]);
             qt_tensor *dense = rand_weight(c, &r, nm, QT_F32, 2, dims[k], QT_STEP);
-            lin->wq = qt_arena_alloc(&c->meta[QT_PERSIST], sizeof *lin->wq);
-            int rc = nf4_quantize(c, QT_PERSIST, dense, o->double_quant, lin->wq, e);
+            int rc = llm_nf4_place(m, c, l, dense, o->double_quant, &lin->wq, e);
             qt_arena_reset(&c->data[QT_STEP], mark);
             qt_arena_reset(&c->meta[QT_STEP], hmark);
             if (rc != 0) return -1;

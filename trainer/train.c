@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "batches.h"
+#include "plan.h"
 #include "resume.h"
 #include "optim/optim.h"
 
@@ -34,59 +35,6 @@ static double now_s(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-/* ---- memory budgets */
-
-/* Bytes of the frozen weights the model will hold (dense in dt, or NF4). */
-static size_t weight_bytes(const hf_config *h, const llm_load_opts *o) {
-    size_t es = qt_dtype_size(o->dtype);
-    int64_t H = h->hidden_size, I = h->intermediate_size, hd = h->head_dim;
-    int64_t qd = (int64_t)h->num_attention_heads * hd, kvd = (int64_t)h->num_key_value_heads * hd;
-    int64_t lin = qd * H * 2 + kvd * H * 2 + 3 * I * H;
-    size_t per_layer = (o->nf4 ? nf4_bytes(lin, o->double_quant) + 7 * 4096 : (size_t)lin * es) + 2 * (size_t)H * es;
-    size_t emb = (size_t)h->vocab_size * H * es * (h->tie_word_embeddings ? 1 : 2);
-    return (size_t)h->num_hidden_layers * per_layer + emb + (size_t)H * es;
-}
-
-static size_t lora_bytes(const hf_config *h, const qt_config *cfg) {
-    int64_t H = h->hidden_size, I = h->intermediate_size, hd = h->head_dim, r = cfg->lora.r;
-    int64_t qd = (int64_t)h->num_attention_heads * hd, kvd = (int64_t)h->num_key_value_heads * hd;
-    const int64_t in[LIN_N] = {H, H, H, qd, H, H, I}, out[LIN_N] = {qd, kvd, kvd, H, I, I, H};
-    int64_t n = 0;
-    for (int k = 0; k < LIN_N; k++)
-        if (cfg->lora.targets & (1u << k)) n += r * (in[k] + out[k]);
-    return (size_t)n * (size_t)h->num_hidden_layers * 4; /* F32 */
-}
-
-/* PERSIST holds weights, LoRA params + grads, AdamW moments (unless paged); work holds one
- * dequantized projection; STEP gets the rest of the budget. The planner of the 70B issue
- * refines this; here the split is checked up front so a run never dies mid-way on it. */
-static int plan_budgets(const qt_config *cfg, const hf_config *h, const llm_load_opts *lo, qt_ctx_opts *co,
-                        qt_err *e) {
-    size_t w = weight_bytes(h, lo), lb = lora_bytes(h, cfg);
-    size_t opt = cfg->memory.paged_optimizer ? 2 * (size_t)cfg->memory.optimizer_gpu_bytes : 2 * lb;
-    size_t headers = (size_t)h->num_hidden_layers * 64 * 1024;
-    co->persist_budget = w + 2 * lb + opt + headers + ((size_t)64 << 20);
-    int64_t maxlin = (int64_t)h->intermediate_size * h->hidden_size;
-    co->work_budget = (size_t)maxlin * qt_dtype_size(lo->dtype) + ((size_t)1 << 20);
-    if (co->dev == QT_CPU) {
-        co->step_budget = (size_t)16 << 30; /* reserved, not committed (MAP_NORESERVE) */
-        return 0;
-    }
-    size_t budget = cfg->memory.gpu_budget;
-    size_t fixed = co->persist_budget + co->work_budget + ((size_t)256 << 20); /* + cuBLAS etc. */
-    if (budget == 0) { /* auto: all but 1 GiB of what the device has free */
-        size_t freeb = qt_cuda_mem_free();
-        budget = freeb > ((size_t)1 << 30) ? freeb - ((size_t)1 << 30) : freeb;
-    }
-    char b1[32], b2[32];
-    if (fixed >= budget)
-        return qt_errf(e, "memory.gpu_budget %s cannot hold the weights, adapters and optimizer (%s); raise "
-                          "the budget, use quant.type: nf4, or memory.paged_optimizer: true",
-                       qt_format_size(budget, b1, sizeof b1), qt_format_size(fixed, b2, sizeof b2));
-    co->step_budget = budget - fixed;
-    return 0;
-}
-
 /* ---- progress */
 
 typedef struct progress {
@@ -96,6 +44,7 @@ typedef struct progress {
     int64_t start, total; /* the step this session started at (resumed runs), the last one */
     double step_s;    /* wall time of the last optimizer step (eval not included) */
     size_t dev_peak;  /* device memory in use (cudaMemGetInfo), max over the steps so far */
+    double up_bytes, up_ms; /* layer streaming: uploaded in the last step, and the copies' device time */
 } progress;
 
 static void fmt_eta(double s, char *buf, size_t n) {
@@ -129,6 +78,8 @@ static void report(progress *p, int64_t step, double loss, double lr, double gno
                 "\"dev_used_bytes\": %zu",
                 (long long)step, loss, lr, gnorm, (long long)tokens, tok_s, el, p->step_s,
                 c->data[QT_PERSIST].peak + c->data[QT_STEP].peak + c->work.peak, p->dev_peak);
+        if (p->up_bytes > 0)
+            fprintf(p->metrics, ", \"upload_bytes\": %.0f, \"upload_ms\": %.3f", p->up_bytes, p->up_ms);
         if (!isnan(eval_loss)) fprintf(p->metrics, ", \"eval_loss\": %.17g", eval_loss);
         fprintf(p->metrics, "}\n");
         fflush(p->metrics);
@@ -220,7 +171,9 @@ int qt_train(const qt_config *cfg, const qt_train_opts *opts, qt_train_result *r
         return -1;
     qt_ctx_opts co = {.dev = cfg->train.device};
     qt_ctx c;
-    int rc = plan_budgets(cfg, &h, &lo, &co, e);
+    qt_mem_plan plan;
+    int rc = qt_plan_memory(cfg, &h, &lo, &co, &plan, e);
+    if (rc == 0) qt_plan_print(&plan, stderr);
     if (rc == 0 && qt_ctx_init(&c, &co) != 0)
         rc = qt_errf(e, "cannot set up the %s context (see above)", qt_device_name(co.dev));
     if (rc != 0) {
@@ -236,6 +189,12 @@ int qt_train(const qt_config *cfg, const qt_train_opts *opts, qt_train_result *r
         return -1;
     }
     m.grad_checkpointing = cfg->train.grad_checkpointing;
+    if (llm_stream_init(&m, &c, e) != 0) {
+        ck_train_state_free(&ck);
+        llm_free(&m);
+        qt_ctx_free(&c);
+        return -1;
+    }
     llm_lora_cfg lc = {.r = (int)cfg->lora.r, .alpha = cfg->lora.alpha, .dropout = cfg->lora.dropout,
                        .rslora = cfg->lora.rslora, .targets = cfg->lora.targets,
                        .seed = (uint64_t)cfg->lora.init_seed};
@@ -332,6 +291,7 @@ int qt_train(const qt_config *cfg, const qt_train_opts *opts, qt_train_result *r
         qt_profile_mark(&c, "adamw", QT_PROF_OTHER);
         qt_ctx_sync(&c);
         pr.step_s = now_s() - t0;
+        llm_stream_stats(&m, &pr.up_bytes, &pr.up_ms);
         t_train += pr.step_s;
         qt_profile_step(&c, true);
         if (c.dev == QT_CUDA && qt_cuda_mem_used() > pr.dev_peak) pr.dev_peak = qt_cuda_mem_used();
@@ -374,6 +334,12 @@ int qt_train(const qt_config *cfg, const qt_train_opts *opts, qt_train_result *r
                 (double)res->peak_device_bytes / 1073741824.0, (double)c.data[QT_PERSIST].peak / 1073741824.0,
                 (double)c.data[QT_STEP].peak / 1073741824.0, (double)c.work.peak / 1073741824.0,
                 (double)pr.dev_peak / 1073741824.0);
+    if (c.dev == QT_CUDA && res->steps > 0 && plan.budget)
+        fprintf(stderr, "qtrain: device memory in use peaked at %.2f GiB of the %.2f GiB budget%s\n",
+                (double)pr.dev_peak / 1073741824.0, (double)plan.budget / 1073741824.0,
+                pr.dev_peak > plan.budget ? ": OVER (the context estimate in trainer/plan.c is too low)" : "");
+    res->dev_peak_bytes = pr.dev_peak;
+    res->streamed_layers = plan.streamed;
     qt_profile_print(&c, stderr);
     if (rc == 0 && res->steps > 0) {
         rc = save_adapter(cfg, &m, &c, e);

@@ -30,7 +30,9 @@ typedef struct qt_train_result {
     double first_loss, last_loss;
     double first_eval, last_eval; /* NaN when no eval ran */
     double tokens_per_s;
-    size_t peak_device_bytes;
+    size_t peak_device_bytes;  /* the arenas' high-water marks */
+    size_t dev_peak_bytes;     /* device memory in use (cudaMemGetInfo) after a step, max */
+    int streamed_layers;       /* layers the memory plan streamed from host memory */
     bool interrupted;       /* SIGINT/SIGTERM or stop_after: stopped after a whole step, saved */
     char checkpoint[64];    /* the last checkpoint written or resumed from ("" if none) */
 } qt_train_result;
