@@ -16,6 +16,8 @@ void qt_be_free(void *p);
 /* Synchronous copy between any two devices (host or CUDA). */
 void qt_be_memcpy(void *dst, qt_device dd, const void *src, qt_device sd, size_t bytes);
 void qt_be_memset(void *p, int byte, size_t bytes);
+/* Copy within the context's device, queued on its stream (no host synchronisation). */
+void qt_be_copy_on_stream(qt_ctx *c, void *dst, const void *src, size_t bytes);
 /* Page-locked, mapped host memory: 0, or -1 (nothing printed: callers fall back). */
 int qt_be_host_alloc(void **p, size_t bytes);
 void qt_be_host_free(void *p);

@@ -76,6 +76,14 @@ void qt_be_memcpy(void *dst, qt_device dd, const void *src, qt_device sd, size_t
 
 void qt_be_memset(void *p, int byte, size_t bytes) { QT_CUDA_CHECK(cudaMemset(p, byte, bytes)); }
 
+void qt_be_copy_on_stream(qt_ctx *c, void *dst, const void *src, size_t bytes) {
+    if (c->dev == QT_CPU) {
+        memmove(dst, src, bytes);
+        return;
+    }
+    QT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, qt_stream(c)));
+}
+
 int qt_be_ctx_init(qt_ctx *c, const qt_ctx_opts *o) {
     if (!qt_cuda_available()) {
         fprintf(stderr, "qtrain: device 'cuda' asked for, but no CUDA device is present\n");

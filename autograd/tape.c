@@ -140,6 +140,7 @@ typedef struct ckpt_ext { qt_checkpoint_fn fn; void *user; } ckpt_ext;
 static void checkpoint_backward(qt_ctx *c, qt_node *n) {
     ckpt_ext *e = n->ext;
     qt_tensor *x = n->in[0], *gout = n->out->grad;
+    bool fresh = x->requires_grad && !x->grad;
     if (x->requires_grad) qt_grad(c, x); /* allocated before the mark: it must survive */
     size_t data_mark = qt_arena_mark(&c->data[QT_STEP]), meta_mark = qt_arena_mark(&c->meta[QT_STEP]);
     int tape_mark = c->tape_len;
@@ -160,6 +161,19 @@ static void checkpoint_backward(qt_ctx *c, qt_node *n) {
     c->tape_len = tape_mark;
     qt_arena_reset(&c->data[QT_STEP], data_mark);
     qt_arena_reset(&c->meta[QT_STEP], meta_mark);
+    /* A chain of checkpoints (a stack of layers) would otherwise keep every layer's input
+     * gradient for the rest of the step. The output's gradient is dead now (only the node
+     * that made a tensor reads its gradient), and when x's fresh gradient sits right after
+     * it at the top of STEP, x's gradient moves into its place: one buffer for the chain. */
+    qt_arena *d = &c->data[QT_STEP];
+    size_t gb = gout ? qt_nbytes(gout) : 0, xb = fresh ? qt_nbytes(x->grad) : 0;
+    uint8_t *gend = gout ? (uint8_t *)gout->data + ((gb + 255) & ~(size_t)255) : NULL;
+    if (fresh && gout && gout->pool == QT_STEP && gb == xb && (uint8_t *)x->grad->data == gend &&
+        gend + xb == d->base + d->used) {
+        qt_be_copy_on_stream(c, gout->data, x->grad->data, xb);
+        qt_arena_reset(d, (size_t)((uint8_t *)x->grad->data - d->base));
+        x->grad->data = gout->data;
+    }
 }
 
 /* fn ran without a tape, so nothing refers to its intermediates: give their STEP memory

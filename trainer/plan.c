@@ -10,9 +10,10 @@
 #define MiB ((size_t)1 << 20)
 #define GiB ((size_t)1 << 30)
 
-/* CUDA context, cuBLAS/cuBLASLt handles and workspace, streams and events: measured as
- * ~0.5 GiB on the H100 (driver 580); kept with some margin. */
-#define CUDA_OVERHEAD (640 * MiB)
+/* CUDA context, cuBLAS/cuBLASLt handles and workspace, streams, events and the GPU's
+ * mapping of pinned host memory: measured 0.62 GiB (everything resident) and 0.68 GiB
+ * (70B with 21.7 GiB of pinned host memory) on the H100, driver 580. */
+#define CUDA_OVERHEAD (768 * MiB)
 
 static size_t lora_bytes(const hf_config *h, const qt_config *cfg) {
     int64_t H = h->hidden_size, I = h->intermediate_size, hd = h->head_dim, r = cfg->lora.r;
@@ -25,19 +26,20 @@ static size_t lora_bytes(const hf_config *h, const qt_config *cfg) {
 }
 
 /* STEP bytes of one micro-batch's forward + backward. With checkpointing: each layer's
- * input and its gradient stay for the step (2·L·N·H); one layer's recomputed activations
- * (normed inputs, q/k/v before and after RoPE, attention output, the three MLP
- * intermediates, residual sums, LoRA's rank-r products) and the gradients alive while it
- * runs backward; the loss chunks (64 MiB of logits, their gradient, the f32 softmax
- * state). Bench run 3 measured 1.77 GiB for step + work on the Llama-3-8B shape at
- * B=1 T=2048; this gives 2.0 GiB there. */
+ * input stays for the step (L·N·H) and the chain of input gradients reuses two buffers
+ * (autograd/tape.c); one layer's recomputed activations (normed inputs, q/k/v before and
+ * after RoPE, attention output, the three MLP intermediates, residual sums, LoRA's rank-r
+ * products) and the gradients alive while it runs backward; the loss chunks (64 MiB of
+ * logits, their gradient, the f32 softmax state). Bench run 3 measured 1.77 GiB for
+ * step + work on the Llama-3-8B shape at B=1 T=2048 before input gradients were reused
+ * (0.5 GiB of it); this gives 1.6 GiB there. */
 size_t qt_plan_step_bytes(const hf_config *h, int64_t B, int64_t T, qt_dtype dt, bool checkpointing) {
     size_t es = qt_dtype_size(dt), N = (size_t)(B * T);
     size_t H = (size_t)h->hidden_size, I = (size_t)h->intermediate_size, hd = (size_t)h->head_dim;
     size_t qd = (size_t)h->num_attention_heads * hd, kvd = (size_t)h->num_key_value_heads * hd;
     size_t L = (size_t)h->num_hidden_layers;
     size_t layer = N * es * (10 * H + 4 * qd + 3 * kvd + 6 * I) + N * 4 * (size_t)h->num_attention_heads;
-    size_t kept = checkpointing ? 2 * L * N * H * es + layer : L * layer;
+    size_t kept = checkpointing ? (L + 2) * N * H * es + layer : L * layer;
     size_t loss = 4 * 64 * MiB + N * (H * es + 8);
     return (kept + loss) / 20 * 23 + 64 * MiB; /* +15% and a little */
 }

@@ -48,6 +48,10 @@ int qt_synthetic_config(const char *name, hf_config *h, qt_err *e) {
                             .low_freq_factor = 1, .high_freq_factor = 4, .original_max_pos = 8192};
     h->tie_word_embeddings = p->tied;
     h->bos_token_id = -1;
+    /* the real models' end-of-text ids (Llama 2: </s> = 2; Llama 3: <|end_of_text|>), so
+     * pre-tokenized data (data.format: tokens) can be packed */
+    h->eos_token_ids[0] = p->V == 32000 ? 2 : p->V == 128256 ? 128001 : p->V - 1;
+    h->n_eos = 1;
     return 0;
 }
 
