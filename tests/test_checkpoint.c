@@ -77,7 +77,39 @@ static int check(qt_device dev, qt_dtype dt) {
     return 0;
 }
 
+/* qt_zero_grads clears back-to-back gradients in one call: every gradient must be zero
+ * after it, and memory between or after them (another tensor) untouched. */
+static void check_zero_grads(qt_device dev) {
+    qt_ctx *c = tu_ctx(dev);
+    enum { NP = 7 };
+    qt_tensor *p[NP], *guard[3];
+    int64_t sh[NP][2] = {{3, 5}, {64, 2}, {1, 1}, {17, 33}, {8, 8}, {2, 129}, {5, 3}};
+    for (int i = 0; i < NP; i++) { /* gradients placed below, as llm_add_lora does */
+        p[i] = qt_param(c, "p", QT_F32, 2, sh[i], false);
+        p[i]->requires_grad = true;
+    }
+    for (int i = 0; i < 4; i++) qt_grad(c, p[i]); /* a run of four */
+    guard[0] = qt_empty(c, QT_PERSIST, QT_F32, 2, sh[3]);
+    qt_grad(c, p[4]);
+    guard[1] = qt_empty(c, QT_PERSIST, QT_F32, 2, sh[4]);
+    qt_grad(c, p[5]); /* p[6] gets none */
+    guard[2] = qt_empty(c, QT_PERSIST, QT_F32, 2, sh[0]);
+    for (int i = 0; i < 6; i++) qt_fill_uniform(p[i]->grad, tu_rng(), 0.5, 1.0);
+    for (int i = 0; i < 3; i++) qt_fill_uniform(guard[i], tu_rng(), 0.5, 1.0);
+    qt_zero_grads(c, p, NP);
+    for (int i = 0; i < 6; i++)
+        TU_EXPECT(tu_max_abs(p[i]->grad) == 0, "%s: gradient %d not zeroed (max %g)", qt_device_name(dev), i,
+                  tu_max_abs(p[i]->grad));
+    for (int i = 0; i < 3; i++) {
+        double *v = qt_cpu_load(c, guard[i]);
+        bool ok = true;
+        for (int64_t k = 0; k < guard[i]->numel; k++) ok &= v[k] >= 0.5;
+        TU_EXPECT(ok, "%s: zeroing gradients touched the tensor after them (%d)", qt_device_name(dev), i);
+    }
+}
+
 int qt_test_cpu(void) {
+    check_zero_grads(QT_CPU);
     check(QT_CPU, QT_F64);
     check(QT_CPU, QT_F32);
     return tu_fail_count ? 1 : 0;
@@ -88,6 +120,7 @@ int qt_test_cuda(void) {
         printf("SKIP: no CUDA device\n");
         return TU_SKIP;
     }
+    check_zero_grads(QT_CUDA);
     check(QT_CUDA, QT_F32);
     return tu_fail_count ? 1 : 0;
 }

@@ -203,15 +203,21 @@ int llm_add_lora(llm_model *m, qt_ctx *c, const llm_lora_cfg *lc, qt_err *e) {
             llm_linear *lin = &m->layers[l].lin[k];
             int64_t sa[2] = {lc->r, lin->in}, sb[2] = {lin->out, lc->r};
             llm_lora_name(name, sizeof name, l, k, false);
-            lin->lora_a = qt_param(c, name, QT_F32, 2, sa, true);
+            lin->lora_a = qt_param(c, name, QT_F32, 2, sa, false);
             llm_lora_name(name, sizeof name, l, k, true);
-            lin->lora_b = qt_param(c, name, QT_F32, 2, sb, true); /* zero: the adapter starts as a no-op */
+            lin->lora_b = qt_param(c, name, QT_F32, 2, sb, false); /* zero: the adapter starts as a no-op */
             double bound = 1.0 / sqrt((double)lin->in);
             qt_fill_uniform(lin->lora_a, &rng, -bound, bound);
             lin->lora_scale = scale;
             m->lora_params[m->n_lora_params++] = lin->lora_a;
             m->lora_params[m->n_lora_params++] = lin->lora_b;
         }
+    /* gradients now, back to back: zeroing them (and reducing them across GPUs) is then one
+     * pass over one block instead of hundreds of small ones */
+    for (int i = 0; i < m->n_lora_params; i++) {
+        m->lora_params[i]->requires_grad = true;
+        qt_grad(c, m->lora_params[i]);
+    }
     return 0;
 }
 
