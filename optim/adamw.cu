@@ -14,7 +14,29 @@ typedef struct adamw_dev {
     int64_t chunk;           /* elements per staged chunk */
     cudaStream_t side[2];
     cudaEvent_t ready, done[2];
+    /* F32 gradients' addresses and sizes on the device, for one sum-of-squares launch over
+     * every tensor; rebuilt when a gradient moves (host copy to compare) */
+    const float **tab_ptr;
+    int64_t *tab_n;
+    const float **host_ptr;
+    bool tab_ok;
 } adamw_dev;
+
+/* Block b = tensor b, summed exactly as sumsq_kernel<<<1, 1024>>> would: same order. */
+__global__ void sumsq_multi_kernel(const float *const *g, const int64_t *n, float *out) {
+    const float *p = g[blockIdx.x];
+    float s = 0;
+    for (int64_t i = threadIdx.x; i < n[blockIdx.x]; i += blockDim.x) s += p[i] * p[i];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    __shared__ float warp[32];
+    if ((threadIdx.x & 31) == 0) warp[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        s = threadIdx.x < (blockDim.x >> 5) ? warp[threadIdx.x] : 0.0f;
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (threadIdx.x == 0) out[blockIdx.x] = s;
+    }
+}
 
 template <typename T>
 __global__ void sumsq_kernel(const T *g, int64_t n, float *out) {
@@ -115,15 +137,51 @@ extern "C" void qt_adamw_cuda_free(qt_adamw *o) {
         if (d->ready) QT_CUDA_CHECK(cudaEventDestroy(d->ready));
     }
     QT_CUDA_CHECK(cudaFree(d->sumsq));
+    if (d->tab_ptr) QT_CUDA_CHECK(cudaFree(d->tab_ptr));
+    if (d->tab_n) QT_CUDA_CHECK(cudaFree(d->tab_n));
+    free(d->host_ptr);
     QT_CUDA_CHECK(cudaFreeHost(d->host_sumsq));
     free(d);
     o->dev = NULL;
 }
 
+/* The gradient table for sumsq_multi_kernel: true when every gradient is F32 and the table
+ * on the device matches the gradients' current addresses. */
+static bool sumsq_table(qt_adamw *o, adamw_dev *d) {
+    if (o->n == 0) return false;
+    bool same = d->tab_ok;
+    for (int i = 0; i < o->n; i++) {
+        const qt_tensor *g = o->params[i]->grad;
+        if (g->dtype != QT_F32) return false;
+        same = same && d->host_ptr[i] == (const float *)g->data;
+    }
+    if (same) return true;
+    if (!d->tab_ptr) {
+        QT_CUDA_CHECK(cudaMalloc(&d->tab_ptr, sizeof(float *) * (size_t)o->n));
+        QT_CUDA_CHECK(cudaMalloc(&d->tab_n, sizeof(int64_t) * (size_t)o->n));
+        d->host_ptr = (const float **)calloc((size_t)o->n, sizeof(float *));
+        QT_CHECK(d->host_ptr, "out of host memory");
+    }
+    int64_t *n = (int64_t *)malloc(sizeof(int64_t) * (size_t)o->n);
+    QT_CHECK(n, "out of host memory");
+    for (int i = 0; i < o->n; i++) {
+        d->host_ptr[i] = (const float *)o->params[i]->grad->data;
+        n[i] = o->params[i]->grad->numel;
+    }
+    QT_CUDA_CHECK(cudaMemcpy(d->tab_ptr, d->host_ptr, sizeof(float *) * (size_t)o->n, cudaMemcpyHostToDevice));
+    QT_CUDA_CHECK(cudaMemcpy(d->tab_n, n, sizeof(int64_t) * (size_t)o->n, cudaMemcpyHostToDevice));
+    free(n);
+    d->tab_ok = true;
+    return true;
+}
+
 extern "C" double qt_adamw_cuda_sumsq(qt_adamw *o) {
     adamw_dev *d = (adamw_dev *)o->dev;
     cudaStream_t s = qt_stream(o->ctx);
-    for (int i = 0; i < o->n; i++) {
+    if (sumsq_table(o, d)) { /* one launch: hundreds of LoRA tensors cost ~5 ms launched one by one */
+        sumsq_multi_kernel<<<(unsigned)o->n, 1024, 0, s>>>(d->tab_ptr, d->tab_n, d->sumsq);
+        QT_LAUNCH_CHECK();
+    } else for (int i = 0; i < o->n; i++) {
         const qt_tensor *g = o->params[i]->grad;
         QT_DISPATCH_FLOAT(g->dtype, "adamw sumsq", {
             /* One block per tensor: a fixed reduction order, so the norm (and the clipping it
