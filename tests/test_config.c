@@ -172,6 +172,14 @@ static void random_config(int iter) {
     k = "type", KV("%s", w->quant.type ? "nf4" : coin() ? "none" : "null");
     k = "double_quant", KV("%s", bool_word(w->quant.double_quant));
     k = "block_size", KV("%lld", (long long)w->quant.block_size);
+    w->quant.cache = coin();
+    k = "cache", KV("%s", bool_word(w->quant.cache));
+    if (coin()) {
+        rand_path(w->quant.cache_dir, 200);
+        k = "cache_dir", KV("%s", ""), quoted_into(it[n - 1].val, sizeof it[0].val, w->quant.cache_dir);
+    } else {
+        k = "cache_dir", KV("%s", "null");
+    }
     put_section(&b, "quant", it, n);
 
     n = 0;
@@ -684,7 +692,8 @@ int qt_test_cpu(void) {
     qt_config_defaults(c);
     TU_EXPECT(c->lora.r == 16 && c->lora.alpha == 16 && c->lora.dropout == 0.05 && c->lora.targets == QT_LORA_ALL,
               "lora defaults");
-    TU_EXPECT(c->quant.type == QT_QUANT_NF4 && c->quant.double_quant && c->quant.block_size == 64, "quant defaults");
+    TU_EXPECT(c->quant.type == QT_QUANT_NF4 && c->quant.double_quant && c->quant.block_size == 64 && c->quant.cache &&
+                  !c->quant.cache_dir[0], "quant defaults");
     TU_EXPECT(c->train.lr == 2e-4 && c->train.device == QT_CUDA && c->data.seq_len == 2048, "train defaults");
     TU_EXPECT(c->memory.gpu_budget == 0 && c->memory.optimizer_gpu_bytes == 256u << 20 &&
               c->memory.stream_layers == QT_TRI_AUTO, "memory defaults");

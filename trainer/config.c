@@ -509,3 +509,14 @@ int qt_config_load(qt_config *cfg, const char *path, const char *const *override
     free(buf);
     return rc;
 }
+
+const char *qt_nf4_cache_dir(const qt_config *cfg, char *buf, size_t n) {
+    if (!cfg->quant.cache || cfg->quant.type != QT_QUANT_NF4 || !cfg->model.path[0]) return NULL;
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    int k;
+    if (cfg->quant.cache_dir[0]) k = snprintf(buf, n, "%s", cfg->quant.cache_dir);
+    else if (xdg && xdg[0] == '/') k = snprintf(buf, n, "%s/qtrain", xdg);
+    else if (home && home[0]) k = snprintf(buf, n, "%s/.cache/qtrain", home);
+    else return NULL;
+    return k > 0 && (size_t)k < n ? buf : NULL;
+}

@@ -61,6 +61,8 @@ typedef struct qt_config {
         qt_quant_type type;
         bool double_quant;
         int64_t block_size;
+        bool cache;                      /* keep the quantized base on disk (nf4_cache.h) */
+        char cache_dir[QT_CFG_PATH_MAX]; /* "" = the default, see qt_nf4_cache_dir */
     } quant;
     struct {
         int64_t r;
@@ -143,6 +145,11 @@ void qt_config_print(const qt_config *cfg, FILE *f);
 int qt_parse_size(const char *s, uint64_t *bytes, qt_err *err);
 /* Shortest exact form: "24GiB", "1500MB", else the byte count. buf >= 32 bytes. */
 const char *qt_format_size(uint64_t bytes, char *buf, size_t n);
+
+/* The folder of the NF4 base cache: quant.cache_dir, else $XDG_CACHE_HOME/qtrain, else
+ * $HOME/.cache/qtrain; NULL when quant.cache is false, the base is not NF4, or no home is
+ * known. */
+const char *qt_nf4_cache_dir(const qt_config *cfg, char *buf, size_t n);
 
 /* Names used in the YAML for the enums (NULL when out of range). */
 const char *qt_quant_type_name(qt_quant_type t);

@@ -39,6 +39,8 @@ const qt_cfg_field qt_cfg_fields[] = {
     {"quant.type", QT_CK_ENUM, OFF(quant.type), QT_CF_NULL, 0, 0, quant_names, N(quant_names), "nf4", NULL},
     {"quant.double_quant", QT_CK_BOOL, OFF(quant.double_quant), 0, 0, 0, NULL, 0, "true", NULL},
     {"quant.block_size", QT_CK_INT, OFF(quant.block_size), QT_CF_POW2, 32, 256, NULL, 0, "64", "a power of two in [32, 256]"},
+    {"quant.cache", QT_CK_BOOL, OFF(quant.cache), 0, 0, 0, NULL, 0, "true", NULL},
+    {"quant.cache_dir", QT_CK_STR, OFF(quant.cache_dir), QT_CF_NULL, 0, 0, NULL, 0, "null", "a folder path, or null"},
 
     {"lora.r", QT_CK_INT, OFF(lora.r), 0, 1, 4096, NULL, 0, "16", "a positive integer (at most 4096)"},
     {"lora.alpha", QT_CK_FLOAT, OFF(lora.alpha), QT_CF_LO_OPEN, 0, 1e6, NULL, 0, "16", "a positive number"},

@@ -1,6 +1,7 @@
 /* Llama-family decoder from autograd ops. Layout and conventions follow transformers'
  * LlamaForCausalLM / Qwen2ForCausalLM (see shared/specs/safetensors-peft.md section 2). */
 #include "model.h"
+#include "nf4_cache.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -59,32 +60,103 @@ qt_tensor *llm_embed_alloc(llm_model *m, qt_ctx *c, qt_dtype dt, const int64_t *
     return d;
 }
 
-int llm_nf4_place(llm_model *m, qt_ctx *c, int l, qt_tensor *dense, bool dq, nf4_tensor **out, qt_err *e) {
+nf4_tensor *llm_nf4_alloc(llm_model *m, qt_ctx *c, int l, const int64_t *shape, bool dq) {
     llm_layer *L = &m->layers[l];
     nf4_tensor *q = qt_arena_alloc(&c->meta[QT_PERSIST], sizeof *q);
-    if (!L->streamed) {
-        if (nf4_quantize(c, QT_PERSIST, dense, dq, q, e) != 0) return -1;
-    } else {
-        size_t mark = qt_arena_mark(&c->data[QT_STEP]);
-        nf4_tensor tmp;
-        int rc = nf4_quantize(c, QT_STEP, dense, dq, &tmp, e);
-        if (rc == 0) {
-            nf4_alloc(q, &m->host, tmp.ndim, tmp.shape, dq);
-            if (!L->host_base) L->host_base = q->codes;
-            nf4_copy(q, &tmp);
-        }
-        qt_arena_reset(&c->data[QT_STEP], mark);
-        if (rc != 0) return -1;
+    nf4_alloc(q, L->streamed ? &m->host : &c->data[QT_PERSIST], 2, shape, dq);
+    if (L->streamed && !L->host_base) L->host_base = q->codes;
+    return q;
+}
+
+int llm_nf4_fill(qt_ctx *c, nf4_tensor *q, qt_tensor *dense, qt_err *e) {
+    size_t mark = qt_arena_mark(&c->data[QT_STEP]);
+    nf4_tensor tmp;
+    int rc = nf4_quantize(c, QT_STEP, dense, q->dq, &tmp, e);
+    if (rc == 0) nf4_copy(q, &tmp);
+    qt_arena_reset(&c->data[QT_STEP], mark);
+    if (rc == 0) snprintf(q->name, sizeof q->name, "%.95s", dense->name);
+    return rc;
+}
+
+int llm_nf4_place(llm_model *m, qt_ctx *c, int l, qt_tensor *dense, bool dq, nf4_tensor **out, qt_err *e) {
+    *out = llm_nf4_alloc(m, c, l, dense->shape, dq);
+    return llm_nf4_fill(c, *out, dense, e);
+}
+
+/* ---- the NF4 cache (nf4_cache.h): read the quantized projections when a complete cache
+ * of this checkpoint exists, else quantize and write one; any cache trouble is a warning
+ * and the loader quantizes from the checkpoint as without a cache. */
+
+typedef struct load_cache {
+    nf4c_reader r;
+    nf4c_writer w;
+    bool reading, writing;
+} load_cache;
+
+static void cache_begin(load_cache *lc, const char *dir, const llm_load_opts *o, int L) {
+    memset(lc, 0, sizeof *lc);
+    if (!o->nf4 || !o->nf4_cache_dir || !o->nf4_cache_dir[0]) return;
+    char key[NF4C_KEY_LEN];
+    qt_err e = {0};
+    if (nf4c_key(key, dir, o->double_quant, o->dtype == QT_F16 ? "from=f16" : "from=bf16", &e) != 0) {
+        fprintf(stderr, "qtrain: warning: no NF4 cache: %s\n", e.msg);
+        return;
     }
-    snprintf(q->name, sizeof q->name, "%.95s", dense->name);
-    *out = q;
+    int rc = nf4c_open(&lc->r, o->nf4_cache_dir, key, &e);
+    if (rc == 1) {
+        lc->reading = true;
+        fprintf(stderr, "qtrain: NF4 base read from the cache in %s/nf4-%s\n", o->nf4_cache_dir, key);
+        return;
+    }
+    if (rc < 0) fprintf(stderr, "qtrain: warning: the NF4 cache is unusable (%s); quantizing again\n", e.msg);
+    if (nf4c_writer_open(&lc->w, o->nf4_cache_dir, key, L, &e) != 0) {
+        fprintf(stderr, "qtrain: warning: cannot write an NF4 cache (%s); going on without one\n", e.msg);
+        return;
+    }
+    lc->writing = true;
+    fprintf(stderr, "qtrain: quantizing the base to NF4 and caching it in %s/nf4-%s (later loads read it)\n",
+            o->nf4_cache_dir, key);
+}
+
+/* 1 when q was read from the cache. */
+static int cache_read(load_cache *lc, int l, const char *name, nf4_tensor *q) {
+    if (!lc->reading) return 0;
+    qt_err e = {0};
+    if (nf4c_read(&lc->r, l, name, q, &e) == 0) {
+        snprintf(q->name, sizeof q->name, "%.95s", name);
+        return 1;
+    }
+    fprintf(stderr, "qtrain: warning: the NF4 cache is unusable (%s); quantizing from the checkpoint\n", e.msg);
+    nf4c_close(&lc->r);
+    lc->reading = false; /* a partial re-quantization is not written back: the next load re-caches */
     return 0;
 }
 
-/* A projection weight: dense in PERSIST, or through STEP into NF4 (resident or streamed). */
+static void cache_add(load_cache *lc, int l, const char *name, const nf4_tensor *q) {
+    qt_err e = {0};
+    if (lc->writing && nf4c_add(&lc->w, l, name, q, &e) != 0) {
+        fprintf(stderr, "qtrain: warning: writing the NF4 cache failed (%s); going on without one\n", e.msg);
+        nf4c_writer_close(&lc->w);
+        lc->writing = false;
+    }
+}
+
+static void cache_end(load_cache *lc, bool ok) {
+    qt_err e = {0};
+    if (lc->writing && ok && nf4c_writer_commit(&lc->w, &e) != 0)
+        fprintf(stderr, "qtrain: warning: writing the NF4 cache failed (%s); going on without one\n", e.msg);
+    if (lc->writing) nf4c_writer_close(&lc->w);
+    if (lc->reading) nf4c_close(&lc->r);
+    memset(lc, 0, sizeof *lc);
+}
+
+/* A projection weight: dense in PERSIST, or NF4 (resident or streamed) read from the cache
+ * or quantized from the checkpoint through STEP. */
 static int load_linear(qt_ctx *c, llm_model *m, int l, const st_model *sm, const char *name,
-                       const llm_load_opts *o, const int64_t *shape, llm_linear *lin, qt_err *e) {
+                       const llm_load_opts *o, const int64_t *shape, llm_linear *lin, load_cache *lc, qt_err *e) {
     if (!o->nf4) return load_tensor(c, sm, name, o->dtype, 2, shape, &lin->w, e);
+    lin->wq = llm_nf4_alloc(m, c, l, shape, o->double_quant);
+    if (cache_read(lc, l, name, lin->wq)) return 0;
     const st_tensor *t = st_model_find(sm, name);
     if (!t) return qt_errf(e, "%s: tensor '%s' is missing", sm->dir, name);
     size_t mark = qt_arena_mark(&c->data[QT_STEP]), hmark = qt_arena_mark(&c->meta[QT_STEP]);
@@ -93,9 +165,10 @@ static int load_linear(qt_ctx *c, llm_model *m, int l, const st_model *sm, const
     if (t->dtype == ST_F32 || t->dtype == ST_F64) dense = qt_empty(c, QT_STEP, QT_F32, 2, shape);
     qt_set_name(dense, "%.95s", name);
     int rc = st_to_qt(t, dense, e);
-    if (rc == 0) rc = llm_nf4_place(m, c, l, dense, o->double_quant, &lin->wq, e);
+    if (rc == 0) rc = llm_nf4_fill(c, lin->wq, dense, e);
     qt_arena_reset(&c->data[QT_STEP], mark);
     qt_arena_reset(&c->meta[QT_STEP], hmark);
+    if (rc == 0) cache_add(lc, l, name, lin->wq);
     return rc;
 }
 
@@ -130,6 +203,8 @@ int llm_load(llm_model *m, qt_ctx *c, const char *dir, const llm_load_opts *o, q
         else rc = load_tensor(c, &sm, "lm_head.weight", dt, 2, ev, &m->lm_head, e);
     }
     const int64_t dims[LIN_N][2] = {{qd, H}, {kvd, H}, {kvd, H}, {H, qd}, {I, H}, {I, H}, {H, I}};
+    load_cache lc;
+    cache_begin(&lc, dir, o, h->num_hidden_layers);
     for (int l = 0; rc == 0 && l < h->num_hidden_layers; l++) {
         llm_layer *L = &m->layers[l];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
@@ -142,7 +217,7 @@ int llm_load(llm_model *m, qt_ctx *c, const char *dir, const llm_load_opts *o, q
             lin->in = (int)dims[k][1];
             lin->id = (uint32_t)(l * LIN_N + k);
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, llm_lin_parent(k), llm_lin_names[k]);
-            rc = load_linear(c, m, l, &sm, name, o, dims[k], lin, e);
+            rc = load_linear(c, m, l, &sm, name, o, dims[k], lin, &lc, e);
             bool bias = k <= LIN_V ? h->has_qkv_bias : k == LIN_O ? h->has_o_bias : h->has_mlp_bias;
             if (rc == 0 && bias) {
                 snprintf(name, sizeof name, "model.layers.%d.%s.%s.bias", l, llm_lin_parent(k), llm_lin_names[k]);
@@ -150,6 +225,7 @@ int llm_load(llm_model *m, qt_ctx *c, const char *dir, const llm_load_opts *o, q
             }
         }
     }
+    cache_end(&lc, rc == 0);
     st_model_close(&sm);
     if (rc != 0) llm_free(m);
     return rc;

@@ -76,6 +76,9 @@ typedef struct llm_load_opts {
     /* The (untied) embedding table stays in pinned host memory; the GPU reads its rows in
      * place (a lookup touches B*T rows), sparing vocab x hidden bytes of device memory. */
     bool embed_on_host;
+    /* Folder of the on-disk NF4 cache (nf4_cache.h): projections are read from it when a
+     * complete cache of this checkpoint exists, else quantized and cached. NULL = none. */
+    const char *nf4_cache_dir;
 } llm_load_opts;
 
 /* Load a Hugging Face folder (config.json + safetensors) into PERSIST tensors on the
@@ -96,6 +99,10 @@ int llm_place_init(llm_model *m, qt_ctx *c, const llm_load_opts *o, qt_err *e);
 qt_tensor *llm_embed_alloc(llm_model *m, qt_ctx *c, qt_dtype dt, const int64_t *shape, bool on_host,
                            qt_tensor **fill);
 int llm_nf4_place(llm_model *m, qt_ctx *c, int l, qt_tensor *dense, bool dq, nf4_tensor **out, qt_err *e);
+/* The two halves of llm_nf4_place: reserve layer l's projection where it lives, then fill
+ * it by quantizing `dense` (through STEP). */
+nf4_tensor *llm_nf4_alloc(llm_model *m, qt_ctx *c, int l, const int64_t *shape, bool dq);
+int llm_nf4_fill(qt_ctx *c, nf4_tensor *q, qt_tensor *dense, qt_err *e);
 
 /* ---- layer streaming (stream.c) */
 

@@ -181,6 +181,8 @@ int qt_train(const qt_config *cfg, const qt_train_opts *opts, qt_train_result *r
         return -1;
     }
     llm_model m;
+    char cache_dir[QT_CFG_PATH_MAX + 16];
+    lo.nf4_cache_dir = qt_nf4_cache_dir(cfg, cache_dir, sizeof cache_dir);
     rc = cfg->model.synthetic[0] ? qt_synthetic_model(&m, &c, cfg->model.synthetic, &lo, (uint64_t)cfg->train.seed, e)
                                  : llm_load(&m, &c, cfg->model.path, &lo, e);
     if (rc != 0) {
