@@ -108,6 +108,7 @@ int qt_be_ctx_init(qt_ctx *c, const qt_ctx_opts *o) {
 void qt_be_ctx_free(qt_ctx *c) {
     qt_cuda_state *s = qt_cuda(c);
     QT_CUDA_CHECK(cudaStreamSynchronize(s->stream));
+    qt_cudnn_attn_free(s->cudnn_attn);
     cublasDestroy(s->blas);
     cublasLtDestroy(s->lt);
     QT_CUDA_CHECK(cudaFree(s->workspace));

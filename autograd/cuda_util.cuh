@@ -37,7 +37,11 @@ typedef struct qt_cuda_state {
     cublasLtHandle_t lt;
     void *workspace; /* cuBLASLt workspace */
     size_t workspace_bytes;
+    void *cudnn_attn; /* cuDNN handle and attention plans (ops/attention_cudnn.cu); NULL until used */
 } qt_cuda_state;
+
+/* Frees what cudnn_attn holds (no-op for NULL); qt_be_ctx_free calls it. */
+void qt_cudnn_attn_free(void *state);
 
 static inline qt_cuda_state *qt_cuda(qt_ctx *c) { return (qt_cuda_state *)c->cuda; }
 static inline cudaStream_t qt_stream(qt_ctx *c) { return qt_cuda(c)->stream; }

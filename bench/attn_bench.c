@@ -1,12 +1,13 @@
-/* Attention forward and backward time on the GPU, row-kernel path vs the cuBLAS tensor-core
- * path at a few query-row block sizes. Build and run with bench/attn_bench.sh.
+/* Attention forward and backward time on the GPU: row-kernel path, the cuBLAS tensor-core
+ * path at a few query-row block sizes, and cuDNN's fused flash attention (bf16/f16; a line
+ * says why when cuDNN cannot run the shape). Build and run with bench/attn_bench.sh.
  *
  * usage: attn_bench [B=1 T=2048 nh=32 nkv=8 hd=128 iters=10 dtype=bf16 work_mib=300 cap_mib=0]
  * Defaults are one Llama-3-8B layer at seq 2048. work_mib is the context's op-work arena (the
  * trainer sizes it for one dequantized weight: 113 MiB for 8B); cap_mib the cuBLAS path's
  * scratch cap (0: its default). TFLOP/s count the full T x T products (forward 4 B nh T^2 hd,
  * backward 10 B nh T^2 hd: S, dP, dV, dQ, dK); the causal work is about half. Each cuBLAS
- * row also gives its output's and dq's relative difference from the row-kernel path. */
+ * and cuDNN row also gives its output's and dq's relative difference from the row-kernel path. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,11 +76,15 @@ int main(int argc, char **argv) {
     struct { qt_attn_path path; int qblk; const char *name; } cfgs[] = {
         {QT_ATTN_ROWS, 0, "rows"},       {QT_ATTN_TC, 256, "tc qblk=256"},
         {QT_ATTN_TC, 512, "tc qblk=512"}, {QT_ATTN_TC, 1024, "tc qblk=1024"},
-        {QT_ATTN_TC, 4096, "tc qblk=T"},
+        {QT_ATTN_TC, 4096, "tc qblk=T"},  {QT_ATTN_CUDNN, 0, "cudnn"},
     };
+    char why[1024];
+    bool cudnn = qt_cuda_attention_cudnn_probe(&c, dt, B, T, nh, nkv, hd, why, sizeof why);
+    printf("cuDNN: %s%s\n", cudnn ? "" : "not run: ", why);
     printf("%-14s %10s %10s %9s %9s %11s %11s %10s %10s\n", "path", "fwd ms", "bwd ms", "fwd TF/s",
            "bwd TF/s", "work peak", "step extra", "out diff", "dq diff");
     for (size_t ci = 0; ci < sizeof cfgs / sizeof cfgs[0]; ci++) {
+        if (cfgs[ci].path == QT_ATTN_CUDNN && !cudnn) continue;
         qt_attn_cfg.path = cfgs[ci].path;
         qt_attn_cfg.qblk = cfgs[ci].qblk;
         qt_attn_cfg.cap = (size_t)cap_mib << 20;

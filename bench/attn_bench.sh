@@ -1,5 +1,5 @@
 #!/bin/sh
-# Attention forward/backward time, row kernels vs the cuBLAS tensor-core path (GPU only).
+# Attention forward/backward time: row kernels, the cuBLAS tensor-core path, cuDNN (GPU only).
 # usage: bench/attn_bench.sh [BUILD_DIR=build] [--build-only | B T nh nkv hd iters dtype work_mib cap_mib]
 # Links bench/attn_bench.c against BUILD_DIR's libqt_autograd.a (build it first:
 # cmake --build BUILD_DIR --target qt_autograd; a CUDA build) into BUILD_DIR/bin/attn_bench,
@@ -17,7 +17,9 @@ if ! nm "$lib" 2>/dev/null | grep -q cudaMalloc; then
 fi
 cuda=${CUDA_HOME:-/usr/local/cuda}
 out="$build/bin/attn_bench"
+# cuDNN when the library was built with it (autograd/ops/attention_cudnn.cu)
+cudnn=; nm "$lib" 2>/dev/null | grep -q ' U cudnnBackendExecute' && cudnn=-lcudnn
 cc -O2 -std=gnu11 -DQT_WITH_CUDA=1 -I"$root" "$root/bench/attn_bench.c" "$lib" \
-  -L"$cuda/lib64" -lcudart -lcublasLt -lcublas -lstdc++ -lm -ldl -lpthread -lrt -fopenmp -o "$out"
+  -L"$cuda/lib64" $cudnn -lcudart -lcublasLt -lcublas -lstdc++ -lm -ldl -lpthread -lrt -fopenmp -o "$out"
 [ "${1:-}" = "--build-only" ] && { echo "built $out"; exit 0; }
 "$out" "$@"

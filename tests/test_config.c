@@ -286,6 +286,8 @@ static void random_config(int iter) {
     k = "optimizer_gpu_bytes", KV("%lluMiB", (unsigned long long)(w->memory.optimizer_gpu_bytes >> 20));
     w->memory.stream_layers = cuda ? (qt_tristate)((int)rnd(3) - 1) : (qt_tristate)((int)rnd(2) - 1);
     k = "stream_layers", KV("%s", w->memory.stream_layers == QT_TRI_AUTO ? "auto" : bool_word(w->memory.stream_layers));
+    w->memory.keep_activations = coin();
+    k = "keep_activations", KV("%s", bool_word(w->memory.keep_activations));
     put_section(&b, "memory", it, n);
 
     n = 0;

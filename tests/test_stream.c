@@ -1,7 +1,8 @@
 /* Layer streaming (trainer/stream.c): a model whose NF4 layers live in pinned host memory
  * and are uploaded per use must compute exactly what the all-resident model computes —
  * eval loss, training loss and every LoRA gradient, bit for bit — for any number of
- * streamed layers spread over the depth, with the embedding table on the host too; and
+ * streamed layers spread over the depth, with the embedding table on the host too, and
+ * with resident layers keeping their activations instead of recomputing them; and
  * the prefetcher must upload each streamed layer the expected number of times (a layer
  * uploaded too often costs bandwidth, one never uploaded would be a wrong result). On the
  * GPU the uploads are real asynchronous copies on a second stream. */
@@ -40,7 +41,7 @@ static double run_pass(qt_ctx *c, llm_model *m, bool train) {
     return lv;
 }
 
-static int run(qt_device dev, qt_dtype dt, int streamed, bool embed_host, result *r) {
+static int run(qt_device dev, qt_dtype dt, int streamed, bool embed_host, int keep, result *r) {
     memset(r, 0, sizeof *r);
     qt_ctx c;
     qt_ctx_opts co = {.dev = dev, .persist_budget = (size_t)64 << 20, .step_budget = (size_t)256 << 20,
@@ -60,6 +61,11 @@ static int run(qt_device dev, qt_dtype dt, int streamed, bool embed_host, result
         return -1;
     }
     m.grad_checkpointing = true;
+    int kept = llm_keep_activations(&m, keep), resident = 4 - streamed;
+    if (kept != (keep < resident ? keep : resident)) {
+        fprintf(stderr, "llm_keep_activations(%d) kept %d with %d resident layers\n", keep, kept, resident);
+        tu_fail_count++;
+    }
     qt_rng rng;
     qt_rng_seed(&rng, g_seed + 2);
     for (int i = 1; i < m.n_lora_params; i += 2) qt_fill_uniform(m.lora_params[i], &rng, -0.3, 0.3); /* B != 0 */
@@ -109,7 +115,7 @@ static int check_device(qt_device dev, qt_dtype dt) {
         g_labels[i] = i % 7 == 3 ? -100 : g_ids[i];
     }
     result ref, r;
-    if (run(dev, dt, 0, false, &ref) != 0) return 1;
+    if (run(dev, dt, 0, false, 0, &ref) != 0) return 1;
     TU_EXPECT(isfinite(ref.train[0]) && ref.train[0] > 1, "resident loss %g", ref.train[0]);
     TU_EXPECT(ref.train[PASSES - 1] == ref.train[0], "the loss of the same batch changed between passes");
     double gmax = 0;
@@ -121,7 +127,7 @@ static int check_device(qt_device dev, qt_dtype dt) {
             char what[64];
             snprintf(what, sizeof what, "%s: %d of %d layers streamed%s", qt_device_name(dev), s, L,
                      eh ? ", embeddings on the host" : "");
-            if (run(dev, dt, s, eh, &r) != 0) {
+            if (run(dev, dt, s, eh, 0, &r) != 0) {
                 free(ref.grads);
                 return 1;
             }
@@ -137,6 +143,20 @@ static int check_device(qt_device dev, qt_dtype dt) {
                       later);
             printf("%s: losses and %lld gradients identical; uploads per pass %g, %g, %g\n", what, (long long)r.n,
                    r.uploads[0], r.uploads[1], r.uploads[2]);
+            free(r.grads);
+        }
+    /* layers that keep their activations instead of recomputing them: the same numbers */
+    for (int s = 0; s <= 2; s += 2)
+        for (int k = 1; k <= 4; k += 3) {
+            char what[80];
+            snprintf(what, sizeof what, "%s: %d layers streamed, %d keep their activations", qt_device_name(dev), s,
+                     k < 4 - s ? k : 4 - s);
+            if (run(dev, dt, s, false, k, &r) != 0) {
+                free(ref.grads);
+                return 1;
+            }
+            expect_same(&r, &ref, what);
+            printf("%s: losses and gradients identical\n", what);
             free(r.grads);
         }
     free(ref.grads);

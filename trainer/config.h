@@ -102,6 +102,7 @@ typedef struct qt_config {
         bool paged_optimizer;
         uint64_t optimizer_gpu_bytes; /* GPU window for paged optimizer state */
         qt_tristate stream_layers;
+        bool keep_activations;        /* checkpointing: layers that fit keep activations (plan.h) */
     } memory;
     struct {
         char dir[QT_CFG_PATH_MAX];   /* resolved: default runs/<name> */

@@ -83,6 +83,7 @@ const qt_cfg_field qt_cfg_fields[] = {
     {"memory.paged_optimizer", QT_CK_BOOL, OFF(memory.paged_optimizer), 0, 0, 0, NULL, 0, "false", NULL},
     {"memory.optimizer_gpu_bytes", QT_CK_SIZE, OFF(memory.optimizer_gpu_bytes), 0, 1024.0 * 1024, 1024 * 1024 * GiB, NULL, 0, "256MiB", NULL},
     {"memory.stream_layers", QT_CK_TRI, OFF(memory.stream_layers), 0, 0, 0, NULL, 0, "auto", NULL},
+    {"memory.keep_activations", QT_CK_BOOL, OFF(memory.keep_activations), 0, 0, 0, NULL, 0, "true", NULL},
 
     {"output.dir", QT_CK_STR, OFF(output.dir), QT_CF_NULL, 0, 0, NULL, 0, "null", "a folder path, or null"},
     {"output.name", QT_CK_STR, OFF(output.name), QT_CF_NAME, 0, 0, NULL, 0, "run", NULL},

@@ -255,6 +255,16 @@ void llm_free(llm_model *m) {
     memset(m, 0, sizeof *m);
 }
 
+int llm_keep_activations(llm_model *m, int n) {
+    int kept = 0;
+    for (int l = m->cfg.num_hidden_layers - 1; l >= 0; l--) {
+        llm_layer *L = &m->layers[l];
+        L->keep = !L->streamed && kept < n;
+        kept += L->keep;
+    }
+    return kept;
+}
+
 /* ---- LoRA */
 
 void llm_lora_name(char *buf, size_t n, int layer, llm_lin_kind k, bool is_b) {
@@ -340,7 +350,8 @@ static qt_tensor *hidden(qt_ctx *c, llm_model *m, qt_tensor *ids, int B, int T) 
     for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
         layer_call *lc = qt_step_host_alloc(c, sizeof *lc);
         *lc = (layer_call){m, l, B, T};
-        x = m->grad_checkpointing ? qt_checkpoint(c, layer_forward, x, lc) : layer_forward(c, x, lc);
+        bool ck = m->grad_checkpointing && !m->layers[l].keep;
+        x = ck ? qt_checkpoint(c, layer_forward, x, lc) : layer_forward(c, x, lc);
     }
     return qt_rmsnorm(c, x, m->norm, m->cfg.rms_norm_eps);
 }

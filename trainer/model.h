@@ -41,6 +41,7 @@ typedef struct llm_layer {
     qt_tensor *attn_norm, *mlp_norm;
     llm_linear lin[LIN_N];
     bool streamed;      /* NF4 projections in the model's pinned host arena, uploaded per use */
+    bool keep;          /* with grad_checkpointing: this layer keeps its activations (no recompute) */
     uint8_t *host_base; /* streamed: where its arrays start (one contiguous block per layer) */
 } llm_layer;
 
@@ -103,6 +104,11 @@ int llm_nf4_place(llm_model *m, qt_ctx *c, int l, qt_tensor *dense, bool dq, nf4
  * it by quantizing `dense` (through STEP). */
 nf4_tensor *llm_nf4_alloc(llm_model *m, qt_ctx *c, int l, const int64_t *shape, bool dq);
 int llm_nf4_fill(qt_ctx *c, nf4_tensor *q, qt_tensor *dense, qt_err *e);
+
+/* With gradient checkpointing on, let the last n resident layers keep their activations for
+ * backward instead of recomputing them (same results, bit for bit; more STEP memory).
+ * Streamed layers always recompute. Returns how many layers keep theirs. */
+int llm_keep_activations(llm_model *m, int n);
 
 /* ---- layer streaming (stream.c) */
 

@@ -33,12 +33,17 @@ static size_t lora_bytes(const hf_config *h, const qt_config *cfg) {
  * logits, their gradient, the f32 softmax state). Bench run 3 measured 1.77 GiB for
  * step + work on the Llama-3-8B shape at B=1 T=2048 before input gradients were reused
  * (0.5 GiB of it); this gives 1.6 GiB there. */
-size_t qt_plan_step_bytes(const hf_config *h, int64_t B, int64_t T, qt_dtype dt, bool checkpointing) {
+size_t qt_plan_layer_bytes(const hf_config *h, int64_t B, int64_t T, qt_dtype dt) {
     size_t es = qt_dtype_size(dt), N = (size_t)(B * T);
     size_t H = (size_t)h->hidden_size, I = (size_t)h->intermediate_size, hd = (size_t)h->head_dim;
     size_t qd = (size_t)h->num_attention_heads * hd, kvd = (size_t)h->num_key_value_heads * hd;
+    return N * es * (10 * H + 4 * qd + 3 * kvd + 6 * I) + N * 4 * (size_t)h->num_attention_heads;
+}
+
+size_t qt_plan_step_bytes(const hf_config *h, int64_t B, int64_t T, qt_dtype dt, bool checkpointing) {
+    size_t es = qt_dtype_size(dt), N = (size_t)(B * T), H = (size_t)h->hidden_size;
     size_t L = (size_t)h->num_hidden_layers;
-    size_t layer = N * es * (10 * H + 4 * qd + 3 * kvd + 6 * I) + N * 4 * (size_t)h->num_attention_heads;
+    size_t layer = qt_plan_layer_bytes(h, B, T, dt);
     size_t kept = checkpointing ? (L + 2) * N * H * es + layer : L * layer;
     size_t loss = 4 * 64 * MiB + N * (H * es + 8);
     return (kept + loss) / 20 * 23 + 64 * MiB; /* +15% and a little */
@@ -156,4 +161,23 @@ void qt_plan_print(const qt_mem_plan *p, FILE *f) {
     fprintf(f, "  %-38s %8.2f GiB\n", "AdamW state on the GPU", (double)p->opt_bytes / G);
     fprintf(f, "  %-38s %8.2f GiB\n", "activations (step pool)", (double)p->step_bytes / G);
     fprintf(f, "  %-38s %8.2f GiB\n", "dequantized weight (op work)", (double)p->work_bytes / G);
+}
+
+void qt_keep_ctl_step(qt_keep_ctl *k, llm_model *m, const qt_ctx *c) {
+    if (!k->enabled || !m->grad_checkpointing || k->phase == 2) return;
+    const qt_arena *a = &c->data[QT_STEP];
+    size_t margin = a->cap / 20;
+    if (k->phase == 0) { /* try one layer only where even twice the estimate fits */
+        k->p1 = a->peak;
+        k->phase = a->cap > k->p1 + margin + 2 * k->layer_est && llm_keep_activations(m, 1) == 1 ? 1 : 2;
+        k->kept = k->phase == 1;
+        return;
+    }
+    k->phase = 2;
+    k->per_layer = a->peak > k->p1 ? a->peak - k->p1 : 1;
+    size_t room = a->cap > k->p1 + margin + k->per_layer ? a->cap - k->p1 - margin - k->per_layer : 0;
+    size_t n = room / k->per_layer;
+    k->kept = llm_keep_activations(m, n > (size_t)m->cfg.num_hidden_layers ? m->cfg.num_hidden_layers : (int)n);
+    fprintf(stderr, "qtrain: %d of %d layers keep their activations for backward (%.2f GiB each, measured); the rest "
+                    "recompute them\n", k->kept, m->cfg.num_hidden_layers, (double)k->per_layer / (double)GiB);
 }

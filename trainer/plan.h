@@ -33,4 +33,21 @@ void qt_plan_print(const qt_mem_plan *p, FILE *f);
 /* The activation estimate (STEP bytes) of one micro-batch of B x T tokens. */
 size_t qt_plan_step_bytes(const hf_config *h, int64_t B, int64_t T, qt_dtype dt, bool checkpointing);
 
+/* One layer's activations and their gradients while it runs backward (an estimate). */
+size_t qt_plan_layer_bytes(const hf_config *h, int64_t B, int64_t T, qt_dtype dt);
+
+/* memory.keep_activations: with gradient checkpointing, layers keep their activations
+ * instead of recomputing them while the STEP pool has room. Measured, not estimated: step 1
+ * runs with every layer recomputed (STEP peak P1), step 2 keeps one layer's activations
+ * (its cost d = P2 - P1), and from step 3 on as many layers keep theirs as fit in the pool
+ * less a margin (5% and one more layer). Call after every optimizer step. */
+typedef struct qt_keep_ctl {
+    bool enabled;
+    int phase;     /* 0: before step 1, 1: measuring one layer, 2: settled */
+    size_t layer_est;  /* qt_plan_layer_bytes: set by the caller */
+    size_t p1, per_layer;
+    int kept;
+} qt_keep_ctl;
+void qt_keep_ctl_step(qt_keep_ctl *k, llm_model *m, const qt_ctx *c);
+
 #endif

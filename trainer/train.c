@@ -191,6 +191,8 @@ int qt_train(const qt_config *cfg, const qt_train_opts *opts, qt_train_result *r
         return -1;
     }
     m.grad_checkpointing = cfg->train.grad_checkpointing;
+    qt_keep_ctl keep = {.enabled = cfg->memory.keep_activations && c.dev == QT_CUDA,
+                        .layer_est = qt_plan_layer_bytes(&h, cfg->train.micro_batch, cfg->data.seq_len, lo.dtype)};
     if (llm_stream_init(&m, &c, e) != 0) {
         ck_train_state_free(&ck);
         llm_free(&m);
@@ -294,6 +296,7 @@ int qt_train(const qt_config *cfg, const qt_train_opts *opts, qt_train_result *r
         qt_ctx_sync(&c);
         pr.step_s = now_s() - t0;
         llm_stream_stats(&m, &pr.up_bytes, &pr.up_ms);
+        qt_keep_ctl_step(&keep, &m, &c);
         t_train += pr.step_s;
         qt_profile_step(&c, true);
         if (c.dev == QT_CUDA && qt_cuda_mem_used() > pr.dev_peak) pr.dev_peak = qt_cuda_mem_used();

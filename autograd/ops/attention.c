@@ -1,19 +1,49 @@
 /* Causal grouped-query attention: out = softmax(q k^T / sqrt(hd) + causal mask) v per (batch,
  * query head), query head h reading KV head h / (nh / nkv).
  *
- * Two CUDA paths (attention.h says which runs when): plain warp-per-row kernels
- * (attention.cu, no tensor cores) and cuBLAS tensor-core GEMMs over blocks of query rows
- * (attention_tc.cu). This file's CPU reference and the tests are the oracle for both.
+ * Three CUDA paths (attention.h says which runs when): plain warp-per-row kernels
+ * (attention.cu, no tensor cores), cuBLAS tensor-core GEMMs over blocks of query rows
+ * (attention_tc.cu) and cuDNN's fused flash attention (attention_cudnn.cu). This file's CPU
+ * reference and the tests are the oracle for all three.
  *
  * Memory: forward saves only the per-row log-sum-exp of the scaled scores (lse, [B, nh, T]);
  * backward recomputes the probabilities from q, k and lse, flash-attention style, so nothing
  * of size T x T is ever stored. On the GPU lse is F32; the CPU reference keeps it in F64 so
  * finite-difference checks in float64 stay exact. */
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "attention.h"
 
 qt_attn_config qt_attn_cfg; /* AUTO, defaults */
+
+qt_attn_path qt_attn_path_now(void) {
+    if (qt_attn_cfg.path != QT_ATTN_AUTO) return qt_attn_cfg.path;
+    const char *e = getenv("QTRAIN_ATTN");
+    if (!e || !*e || !strcmp(e, "auto")) return QT_ATTN_AUTO;
+    if (!strcmp(e, "cudnn")) return QT_ATTN_CUDNN;
+    if (!strcmp(e, "tc")) return QT_ATTN_TC;
+    if (!strcmp(e, "rows")) return QT_ATTN_ROWS;
+    qt_fail(__FILE__, __LINE__, "QTRAIN_ATTN", "QTRAIN_ATTN=%s is not an attention path: use cudnn, tc, "
+            "rows or auto (or unset it)", e);
+}
+
+#ifndef QT_WITH_CUDA
+bool qt_cuda_attention_cudnn_probe(qt_ctx *c, qt_dtype dt, int B, int T, int nh, int nkv, int hd,
+                                   char *why, size_t n) {
+    (void)c, (void)dt, (void)B, (void)T, (void)nh, (void)nkv, (void)hd;
+    snprintf(why, n, "this build has no CUDA");
+    return false;
+}
+
+bool qt_cuda_attention_cudnn_graphs_check(int B, int T, int nh, int nkv, int hd, char *why, size_t n) {
+    (void)B, (void)T, (void)nh, (void)nkv, (void)hd;
+    snprintf(why, n, "this build has no CUDA");
+    return false;
+}
+#endif
 
 typedef struct attn_dims {
     int B, T, nh, nkv, hd;

@@ -19,8 +19,9 @@
  * deterministic, and the warp adds into the gradient tensor in its own dtype (grads
  * accumulate across ops). The cost is recomputing P in both kernels 2 and 3.
  *
- * These are the path for short sequences (T < QT_ATTN_TC_MIN_T) and the fallback; longer
- * ones go to the cuBLAS tensor-core path (attention_tc.cu), which the launchers try first. */
+ * These are the path for short sequences (T < QT_ATTN_TC_MIN_T) and the fallback; the
+ * launchers first offer the call to cuDNN's fused attention (attention_cudnn.cu), then to
+ * the cuBLAS tensor-core path (attention_tc.cu) for longer sequences. */
 #include "attention.cuh"
 
 #define ATT_WARPS 4
@@ -155,6 +156,7 @@ static unsigned rows_grid(int T, int64_t heads_total) {
 extern "C" void qt_cuda_attention_fwd(qt_ctx *c, qt_tensor *out, qt_tensor *lse, const qt_tensor *q,
                                       const qt_tensor *k, const qt_tensor *v, int B, int seqT, int nh,
                                       int nkv, int hd) {
+    if (qt_cuda_attention_cudnn_fwd(c, out, lse, q, k, v, B, seqT, nh, nkv, hd)) return;
     if (qt_cuda_attention_tc_fwd(c, out, lse, q, k, v, B, seqT, nh, nkv, hd)) return;
     float scale = (float)(1.0 / sqrt((double)hd));
     unsigned grid = rows_grid(seqT, (int64_t)B * nh);
@@ -178,6 +180,8 @@ extern "C" void qt_cuda_attention_bwd(qt_ctx *c, const qt_tensor *dout, const qt
                  qt_describe(same[i], x, sizeof x));
     QT_CHECK(!dk || !dv || dk->dtype == dv->dtype, "attention backward: dk and dv dtypes differ");
     if (!dq && !dk && !dv) return;
+    if (qt_cuda_attention_cudnn_bwd(c, dout, out, lse, dsum, q, k, v, dq, dk, dv, B, seqT, nh, nkv, hd))
+        return;
     if (qt_cuda_attention_tc_bwd(c, dout, out, lse, dsum, q, k, v, dq, dk, dv, B, seqT, nh, nkv, hd))
         return;
     float scale = (float)(1.0 / sqrt((double)hd));

@@ -186,8 +186,10 @@ static size_t arena_room(const qt_arena *a) {
     return a->base && start < a->cap ? a->cap - start : 0;
 }
 
+/* Forced, or AUTO for long sequences (a forced cuDNN path never gets here: it fails loudly). */
 static bool tc_chosen(int T) {
-    return qt_attn_cfg.path == QT_ATTN_TC || (qt_attn_cfg.path == QT_ATTN_AUTO && T >= QT_ATTN_TC_MIN_T);
+    qt_attn_path p = qt_attn_path_now();
+    return p == QT_ATTN_TC || (p == QT_ATTN_AUTO && T >= QT_ATTN_TC_MIN_T);
 }
 
 static bool plan_make(qt_ctx *c, int T, int nkv, int hd, bool bwd, tc_plan *p) {
